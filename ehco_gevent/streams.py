@@ -1,0 +1,70 @@
+"""The byte-stream interface the pump moves data between, and its plain-socket implementation.
+
+Every transport hands the relay objects with this shape, whatever runs underneath (a TCP socket,
+TLS, a WebSocket, an smux stream)::
+
+    recv_into(buf) -> int     # 0 means the peer finished sending (EOF); blocks cooperatively
+    sendall(data) -> None
+    shutdown_write() -> None  # half-close: the peer sees EOF, we can still read its answer
+    close() -> None           # idempotent; releases everything the stream holds
+    take_pending() -> bytes   # bytes already read from the wire (e.g. with a handshake)
+    splice_socket             # the plain TCP socket under this stream, or None
+
+``splice_socket`` is what lets the pump use ``os.splice``: only a stream whose bytes are exactly
+a kernel TCP socket's bytes may offer one (not TLS, not smux, not WebSocket frames).
+"""
+
+from __future__ import annotations
+
+import socket as _stdsocket
+
+from gevent import socket
+
+
+class SocketStream:
+    """A plain TCP socket, optionally with bytes that were read before the stream began.
+
+    ``pending`` exists because handshakes read in chunks: the bytes after an HTTP upgrade's
+    blank line may already hold the first bytes of the relayed stream (a server-first
+    greeting), and losing them would break protocols like SMTP or MySQL.
+    """
+
+    def __init__(self, sock: socket.socket, pending: bytes = b""):
+        self.sock = sock
+        self.pending = pending
+        self._closed = False
+
+    @property
+    def splice_socket(self) -> socket.socket | None:
+        if self._closed or self.sock.type != _stdsocket.SOCK_STREAM:
+            return None
+        return self.sock
+
+    def take_pending(self) -> bytes:
+        data, self.pending = self.pending, b""
+        return data
+
+    def recv_into(self, buf) -> int:
+        if self.pending:
+            n = min(len(buf), len(self.pending))
+            buf[:n] = self.pending[:n]
+            self.pending = self.pending[n:]
+            return n
+        return self.sock.recv_into(buf)
+
+    def sendall(self, data) -> None:
+        self.sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(_stdsocket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.sock.close()
+
+    def __repr__(self) -> str:
+        return f"<SocketStream fd={self.sock.fileno()} pending={len(self.pending)}>"

@@ -1,0 +1,142 @@
+"""UDP relaying, as ehco 1.1.4: one session per client address, datagram boundaries kept.
+
+The listener greenlet reads datagrams and hands each to its client's session; the first
+datagram from an address picks a remote (round robin) and opens a connected upstream socket
+whose replies a session greenlet sends back to that client. A session ends after
+:data:`IDLE_TIMEOUT` seconds with no datagram in either direction.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as _stdsocket
+import time
+
+import gevent
+from gevent import socket
+
+from .addresses import format_addr
+from .balancer import RoundRobin
+from .config import RelayConfig, split_host_port
+from .connections import Connection, ConnectionRegistry
+
+log = logging.getLogger("ehco.udp")
+
+#: ehco's IdleTimeOut
+IDLE_TIMEOUT = 10.0
+MAX_DATAGRAM = 65535
+
+
+class _Session:
+    def __init__(self, relay: "UDPRelay", client, upstream: socket.socket, conn: Connection):
+        self.relay = relay
+        self.client = client
+        self.upstream = upstream
+        self.conn = conn
+        self.last_active = time.monotonic()
+        self.greenlet = gevent.spawn(self._replies)
+
+    def send_up(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        try:
+            self.upstream.send(data)
+        except OSError as exc:  # e.g. ECONNREFUSED from an earlier ICMP: keep the session
+            log.debug("relay %s: udp send to %s failed: %s", self.relay.label, self.conn.remote, exc)
+            return
+        self.conn.add_up(len(data))
+
+    def _replies(self) -> None:
+        try:
+            while True:
+                remaining = self.last_active + self.relay.idle_timeout - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.upstream.settimeout(remaining)
+                try:
+                    data = self.upstream.recv(MAX_DATAGRAM)
+                except socket.timeout:
+                    continue
+                except ConnectionRefusedError:
+                    continue  # the remote port is closed for now; keep the session until idle
+                self.last_active = time.monotonic()
+                self.relay.sock.sendto(data, self.client)
+                self.conn.add_down(len(data))
+        except OSError as exc:
+            log.debug("relay %s: udp session %s ended: %s", self.relay.label,
+                      self.conn.client_addr, exc)
+        finally:
+            self.relay.end_session(self)
+
+    def close(self) -> None:
+        self.greenlet.kill(block=False)
+
+
+class UDPRelay:
+    def __init__(self, cfg: RelayConfig, sock: socket.socket, registry: ConnectionRegistry,
+                 idle_timeout: float = IDLE_TIMEOUT):
+        self.cfg = cfg
+        self.label = cfg.label
+        self.sock = sock
+        self.registry = registry
+        self.idle_timeout = idle_timeout
+        self.lb = RoundRobin(cfg.udp_remotes)
+        self.sessions: dict = {}
+        self._loop: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._loop = gevent.spawn(self._serve)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, client = self.sock.recvfrom(MAX_DATAGRAM)
+            except OSError as exc:
+                if self.sock.fileno() < 0:
+                    return
+                log.debug("relay %s: udp recv failed: %s", self.label, exc)
+                continue
+            session = self.sessions.get(client)
+            if session is None:
+                session = self._open_session(client)
+                if session is None:
+                    continue
+            session.send_up(data)
+
+    def _open_session(self, client) -> _Session | None:
+        remote = self.lb.next()
+        host, port = split_host_port(remote)
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0, _stdsocket.SOCK_DGRAM)[0]
+            upstream = socket.socket(family, kind, proto)
+            upstream.connect(addr)
+        except OSError as exc:
+            log.warning("relay %s: udp remote %s for %s unusable: %s", self.label, remote,
+                        format_addr(client), exc)
+            return None
+        conn = self.registry.open(self.label, "udp", format_addr(client), remote,
+                                  self.cfg.remote_label(remote))
+        session = _Session(self, client, upstream, conn)
+        conn.closer = session.close
+        self.sessions[client] = session
+        log.debug("relay %s: udp session %s -> %s", self.label, conn.client_addr, remote)
+        return session
+
+    def end_session(self, session: _Session) -> None:
+        if self.sessions.get(session.client) is session:
+            del self.sessions[session.client]
+        session.upstream.close()
+        self.registry.close(session.conn)
+        log.debug("relay %s: udp session %s -> %s closed, up %d down %d bytes", self.label,
+                  session.conn.client_addr, session.conn.remote, session.conn.up_bytes,
+                  session.conn.down_bytes)
+
+    def stop_listening(self) -> None:
+        """Stop taking new datagrams. Sessions that are open reply until they go idle, but
+        their client can no longer reach them through the closed port, so they end soon."""
+        if self._loop is not None:
+            self._loop.kill(block=False)
+        self.sock.close()
+
+    def close_sessions(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()

@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+from ehco_gevent.version import VERSION
+
+setup(
+    name="ehco-gevent",
+    version=VERSION,
+    description="A gevent drop-in replacement for the ehco network relay (1.1.4-dev)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["ehco_gevent", "ehco_gevent.*"]),
+    include_package_data=True,
+    package_data={"ehco_gevent": ["static/*", "templates/*"]},
+    install_requires=[
+        "gevent>=24.2,<27",
+        "gevent-websocket>=0.10.1,<0.11",
+        "flask>=3.0,<4",
+        "prometheus-client>=0.20,<1",
+        "requests>=2.31,<3",
+        "pyyaml>=6.0,<7",
+        "click>=8.1,<9",
+        "cryptography>=42,<49",
+        "psutil>=5.9,<8",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.2,<3",
+            "hypothesis>=6.100,<7",
+        ],
+    },
+    entry_points={"console_scripts": ["ehco=ehco_gevent.cli:main"]},
+)
