@@ -1,0 +1,215 @@
+"""Shared test machinery: real `ehco` processes, real echo servers, real sockets on loopback.
+
+The test process itself is not monkey-patched: servers here are plain threads and blocking
+sockets, so what is under test is only ever the ehco process (or the module a unit test calls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+def require_program(name: str, package: str) -> str:
+    """Path of an outside program; skip without it, fail when EHCO_REQUIRE_INTEROP=1."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} not installed (Debian package {package})"
+    if os.environ.get("EHCO_REQUIRE_INTEROP") == "1":
+        pytest.fail(message + " but EHCO_REQUIRE_INTEROP=1")
+    pytest.skip(message)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that was free a moment ago (bound to 0 and read back, then released)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def free_tcp_udp_port() -> int:
+    """A port free for both TCP and UDP (relays with udp_remotes bind both)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both tcp and udp")
+
+
+def wait_port(port: int, host: str = LOOPBACK, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class EhcoProcess:
+    """A real ehco process (``python -m ehco_gevent``, the console script's entry point)."""
+
+    def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None):
+        self.log_path = tmp_path / f"ehco-{time.monotonic_ns()}.log"
+        self.log_file = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([sys.executable, "-m", "ehco_gevent", *args],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=full_env, cwd=str(tmp_path))
+
+    @property
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.log:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not in ehco log:\n{self.log}")
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+        return self.proc.returncode
+
+
+def write_config(tmp_path: Path, cfg: dict, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+class EchoServer:
+    """Threaded TCP echo server; optionally greets first (a server-first protocol)."""
+
+    def __init__(self, greeting: bytes = b"", host: str = LOOPBACK):
+        self.greeting = greeting
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.greeting:
+                conn.sendall(self.greeting)
+            while True:
+                data = conn.recv(1 << 16)
+                if not data:
+                    break
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.sock.close()
+
+
+class UDPEchoServer:
+    def __init__(self, host: str = LOOPBACK):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.clients: set = set()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            self.clients.add(addr)
+            self.sock.sendto(data, addr)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def roundtrip(port: int, payload: bytes, host: str = LOOPBACK, greeting: bytes = b"",
+              timeout: float = 60.0) -> bytes:
+    """Send payload, half-close, read everything back (after an expected greeting)."""
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        received = bytearray()
+        if greeting:
+            while len(received) < len(greeting):
+                chunk = conn.recv(len(greeting) - len(received))
+                if not chunk:
+                    break
+                received += chunk
+            assert bytes(received) == greeting
+            received.clear()
+        errors: list = []
+
+        def writer() -> None:
+            try:
+                conn.sendall(payload)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        while True:
+            chunk = conn.recv(1 << 20)
+            if not chunk:
+                break
+            received += chunk
+        t.join()
+        assert not errors, errors
+        return bytes(received)
