@@ -28,6 +28,7 @@ setup(
             "pytest>=8,<10",
             "pytest-timeout>=2.2,<3",
             "hypothesis>=6.100,<7",
+            "playwright>=1.40,<2",
         ],
     },
     entry_points={"console_scripts": ["ehco=ehco_gevent.cli:main"]},

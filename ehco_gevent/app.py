@@ -16,7 +16,7 @@ import logging
 import resource
 import signal
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -24,7 +24,7 @@ from gevent.lock import Semaphore
 
 from . import logs
 from .addresses import ListenError
-from .config import Config, ConfigError, load_config, parse_config
+from .config import Config, ConfigError, check_unique_labels, load_config, parse_config
 from .connections import ConnectionRegistry
 from .server import RelayServer
 from .transports import UnsupportedTransport
@@ -75,6 +75,36 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
     return replace(cfg, **changes) if changes else cfg
 
 
+#: Optional parts of the process (web server, subscriptions, proxy server), each named as
+#: "module:factory". A factory takes the App and returns a service object with any of these
+#: methods, all optional:
+#:   expand_config(cfg) -> cfg   on every load, before relays are compared (adds relays)
+#:   start()                     once, after the relays are up
+#:   on_config(cfg)              after every successful reload
+#:   stop()                      at exit
+SERVICE_FACTORIES: list[str] = []
+
+
+def load_services(app: "App") -> list[Any]:
+    import importlib
+
+    services = []
+    for spec in SERVICE_FACTORIES:
+        module_name, _, attr = spec.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        service = factory(app)
+        if service is not None:
+            services.append(service)
+    return services
+
+
+def _call_all(services: list[Any], method: str, *args: Any) -> None:
+    for service in services:
+        fn = getattr(service, method, None)
+        if fn is not None:
+            fn(*args)
+
+
 class App:
     def __init__(self, opts: dict[str, Any]):
         self.opts = opts
@@ -84,9 +114,7 @@ class App:
         self.config: Config | None = None
         self.stopping = Event()
         self._reload_lock = Semaphore()
-        #: hooks other parts (web, subscriptions, proxy) register to hear about a new config
-        self.on_config: list[Callable[[Config], None]] = []
-        self.on_stop: list[Callable[[], None]] = []
+        self.services: list[Any] = load_services(self)
 
     # -- config -------------------------------------------------------------------------------
     def load(self) -> Config:
@@ -96,7 +124,13 @@ class App:
         cfg, warnings = load_config(self.path)
         for warning in warnings:
             log.warning("%s", warning)
-        return apply_flags(cfg, self.opts)
+        cfg = apply_flags(cfg, self.opts)
+        for service in self.services:
+            expand = getattr(service, "expand_config", None)
+            if expand is not None:
+                cfg = expand(cfg)
+        check_unique_labels(cfg.relay_configs, self.path)
+        return cfg
 
     def reload(self, reason: str) -> tuple[bool, str]:
         """Re-read the config and apply it; on any error the running relays stay as they are."""
@@ -113,8 +147,7 @@ class App:
             logs.setup(cfg.log_level)
             _, errors = self.relays.apply(cfg.relay_configs)
             self.config = cfg
-            for hook in self.on_config:
-                hook(cfg)
+            _call_all(self.services, "on_config", cfg)
             if errors:
                 return False, "; ".join(errors)
             return True, "reload success"
@@ -127,8 +160,7 @@ class App:
         log.info("Start ehco-gevent with version: %s", VERSION)
         self.relays.start_all(cfg.relay_configs)
         self.config = cfg
-        for hook in self.on_config:
-            hook(cfg)
+        _call_all(self.services, "start")
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP"))
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
         gevent.signal_handler(signal.SIGINT, self.stopping.set)
@@ -147,11 +179,11 @@ class App:
 
     def stop(self) -> None:
         log.info("ehco exit now...")
-        for hook in self.on_stop:
+        for service in self.services:
             try:
-                hook()
+                _call_all([service], "stop")
             except Exception:
-                log.exception("error while stopping")
+                log.exception("error while stopping %r", service)
         self.relays.stop_all(drop=True)
 
 
