@@ -1,0 +1,149 @@
+"""Config validation as a pure function: defaults, ehco's rules, and the errors operators see."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ehco_gevent.config import (ConfigError, default_label, load_config, parse_config,
+                                split_host_port)
+
+
+def relay(**kw):
+    base = {"listen": "127.0.0.1:1234", "tcp_remotes": ["127.0.0.1:5201"]}
+    base.update(kw)
+    return base
+
+
+def test_defaults():
+    cfg, warnings = parse_config({"relay_configs": [relay(label="a")]})
+    assert warnings == []
+    assert cfg.web_host == "0.0.0.0" and cfg.web_port == 0 and cfg.log_level == "info"
+    r = cfg.relay_configs[0]
+    assert (r.listen_type, r.transport_type, r.udp_remotes) == ("raw", "raw", ())
+    assert r.remote_label("127.0.0.1:5201") == "a-127.0.0.1:5201"
+
+
+def test_default_label_is_ehco_format():
+    cfg, _ = parse_config({"relay_configs": [relay(tcp_remotes=["1.1.1.1:1", "2.2.2.2:2"],
+                                                   transport_type="ws")]})
+    assert cfg.relay_configs[0].label == (
+        "<At=127.0.0.1:1234 Over=raw TCP-To=[1.1.1.1:1 2.2.2.2:2] UDP-To=[] Through=ws>")
+    assert default_label("l", "raw", [], [], "raw") == "<At=l Over=raw TCP-To=[] UDP-To=[] Through=raw>"
+
+
+@pytest.mark.parametrize("bad, words", [
+    (relay(listen_type="bogus"), ["relay_configs[0]", "listen_type", "bogus"]),
+    (relay(transport_type="quic", label="x"), ["relay_configs[0] (label 'x')", "transport_type"]),
+    (relay(listen=""), ["listen", "non-empty"]),
+    (relay(listen="nohostport"), ["listen", "host:port"]),
+    (relay(tcp_remotes=[""]), ["tcp_remotes[0]"]),
+    (relay(tcp_remotes=[], udp_remotes=[]), ["both are empty"]),
+    (relay(tcp_remotes="1.1.1.1:1"), ["tcp_remotes", "expected a list"]),
+    (relay(udp_remotes=["1.1.1.1"]), ["udp_remotes[0]"]),
+    (relay(listen="127.0.0.1:99999"), ["listen", "port"]),
+])
+def test_relay_errors_name_relay_and_key(bad, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"relay_configs": [bad]}, "conf/x.json")
+    message = str(info.value)
+    assert message.startswith("invalid config conf/x.json: ")
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"web_port": "80"}, "web_port"),
+    ({"web_port": True}, "web_port"),
+    ({"web_port": 70000}, "web_port"),
+    ({"log_level": "loud"}, "log_level"),
+    ({"relay_configs": {}}, "relay_configs"),
+    ({"reload_interval": -1}, "reload_interval"),
+    ({"sub_configs": [{"name": "a", "url": "ftp://x"}]}, "url"),
+    ({"sub_configs": [{"name": "a", "url": "http://x"}, {"name": "a", "url": "http://y"}]},
+     "sub_configs"),
+])
+def test_top_level_errors_name_key(bad, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
+        parse_config(bad)
+
+
+def test_labels_must_be_unique():
+    with pytest.raises(ConfigError, match=r"relay_configs\[1\] \(label 'a'\).*relay_configs\[0\]"):
+        parse_config({"relay_configs": [relay(label="a"), relay(label="a", listen="127.0.0.1:2")]})
+
+
+def test_unknown_keys_are_warned_about():
+    cfg, warnings = parse_config({"web_prot": 1, "relay_configs": [relay(tcp_remote=["x"])]}, "c.json")
+    assert any("'web_prot'" in w for w in warnings)
+    assert any("relay_configs[0]" in w and "'tcp_remote'" in w for w in warnings)
+    assert cfg.relay_configs[0].tcp_remotes == ("127.0.0.1:5201",)
+
+
+def test_tunnel_remotes_may_carry_a_scheme():
+    cfg, _ = parse_config({"relay_configs": [relay(transport_type="wss",
+                                                   tcp_remotes=["wss://127.0.0.1:443"])]})
+    assert cfg.relay_configs[0].tcp_remotes == ("wss://127.0.0.1:443",)
+    with pytest.raises(ConfigError):
+        parse_config({"relay_configs": [relay(tcp_remotes=["ws://127.0.0.1:443"])]})
+
+
+def test_split_host_port():
+    assert split_host_port("0.0.0.0:1") == ("0.0.0.0", 1)
+    assert split_host_port("[::1]:443") == ("::1", 443)
+    assert split_host_port(":80") == ("", 80)
+    for bad in ("::1:80", "a", "a:", "a:b", "[::1]80"):
+        with pytest.raises(ValueError):
+            split_host_port(bad)
+
+
+def test_load_json_and_yaml_files(tmp_path):
+    data = {"web_port": 9000, "relay_configs": [relay(label="y")]}
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    (tmp_path / "c.yaml").write_text("web_port: 9000\nrelay_configs:\n  - listen: 127.0.0.1:1234\n"
+                                     "    label: y\n    tcp_remotes: [127.0.0.1:5201]\n")
+    a, _ = load_config(str(tmp_path / "c.json"))
+    b, _ = load_config(str(tmp_path / "c.yaml"))
+    assert a.relay_configs == b.relay_configs and a.web_port == b.web_port == 9000
+
+
+def test_unreadable_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file .*missing.json"):
+        load_config(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        load_config(str(tmp_path / "bad.json"))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=12),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=5),
+    max_leaves=20)
+relay_like = st.fixed_dictionaries({}, optional={
+    "listen": st.sampled_from(["127.0.0.1:1", "", "x", ":0"]) | json_values,
+    "listen_type": st.sampled_from(["raw", "ws", "mwss", "bogus"]) | json_values,
+    "transport_type": st.sampled_from(["raw", "wss", "mtcp"]) | json_values,
+    "tcp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "ws://h:2", ""]), max_size=3) | json_values,
+    "udp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "h"]), max_size=2) | json_values,
+    "label": st.sampled_from(["a", "b", ""]) | json_values,
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "relay_configs": st.lists(relay_like, max_size=3) | json_values,
+    "web_port": json_values, "log_level": json_values, "sub_configs": json_values,
+    "reload_interval": json_values, "enable_ping": json_values,
+}) | json_values)
+def test_fuzz_only_config_errors(doc):
+    """Whatever JSON arrives, the answer is a config or a ConfigError, never a crash."""
+    try:
+        cfg, _ = parse_config(doc, "fuzz.json")
+    except ConfigError as exc:
+        assert str(exc).startswith("invalid config fuzz.json")
+        return
+    labels = [r.label for r in cfg.relay_configs]
+    assert len(labels) == len(set(labels))
+    for r in cfg.relay_configs:
+        assert r.tcp_remotes or r.udp_remotes

@@ -1,0 +1,274 @@
+"""The raw TCP/UDP relay through a real `ehco` process, as an operator would check it."""
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .support import (EchoServer, free_port, free_tcp_udp_port, roundtrip, sha, wait_port,
+                      write_config)
+
+
+def start_relay(ehco, echo_port, *extra):
+    port = free_port()
+    proc = ehco("-l", f"127.0.0.1:{port}", "-r", f"127.0.0.1:{echo_port}", *extra)
+    wait_port(port)
+    return port, proc
+
+
+@pytest.mark.parametrize("size", [1, 64 * 1024, 16 * 1024 * 1024])
+def test_payload_comes_back_identical(ehco, echo_server, size):
+    port, _ = start_relay(ehco, echo_server.port)
+    data = os.urandom(size)
+    assert sha(roundtrip(port, data)) == sha(data)
+
+
+def test_100_parallel_connections(ehco, echo_server):
+    port, _ = start_relay(ehco, echo_server.port)
+    payloads = [os.urandom(1000 + i * 997) for i in range(100)]
+    barrier = threading.Barrier(100, timeout=30)
+
+    def one(data):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            barrier.wait()  # all 100 open at once
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+            out = bytearray()
+            while chunk := conn.recv(65536):
+                out += chunk
+            return sha(bytes(out)) == sha(data)
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(one, payloads))
+    assert all(results)
+
+
+def test_server_speaks_first(ehco):
+    server = EchoServer(greeting=b"220 smtp.example ESMTP ready\r\n")
+    try:
+        port, _ = start_relay(ehco, server.port)
+        data = os.urandom(5000)
+        assert roundtrip(port, data, greeting=server.greeting) == data
+    finally:
+        server.close()
+
+
+def test_client_half_close_receives_all_data(ehco):
+    """A server that answers only after the client finished sending (like `nc -q`)."""
+    answer = os.urandom(2 * 1024 * 1024)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:  # wait_port's probe connection comes first
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                got = bytearray()
+                while chunk := conn.recv(65536):
+                    got += chunk
+                conn.sendall(sha(bytes(got)).encode() + answer)
+            except OSError:
+                pass  # the probe went away
+            finally:
+                conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    port, _ = start_relay(ehco, listener.getsockname()[1])
+    request = os.urandom(100_000)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)
+        out = bytearray()
+        while chunk := conn.recv(65536):
+            out += chunk
+    assert bytes(out) == sha(request).encode() + answer
+    listener.close()
+
+
+def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
+    port = free_tcp_udp_port()
+    proc = ehco("-l", f"127.0.0.1:{port}", "-ur", f"127.0.0.1:{udp_echo_server.port}")
+    proc.wait_log("udp listening")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        for size in (1, 2, 100, 1400, 4096, 8000):
+            data = os.urandom(size)
+            sock.send(data)
+            assert sock.recv(65535) == data  # one datagram back, same size and bytes
+    # one session per client address: the echo server saw a single upstream socket
+    assert len(udp_echo_server.clients) == 1
+
+
+def test_udp_and_tcp_on_one_listen_address(ehco, echo_server, udp_echo_server, tmp_path):
+    port = free_tcp_udp_port()
+    cfg = write_config(tmp_path, {"relay_configs": [{
+        "listen": f"127.0.0.1:{port}", "label": "both",
+        "tcp_remotes": [f"127.0.0.1:{echo_server.port}"],
+        "udp_remotes": [f"127.0.0.1:{udp_echo_server.port}"]}]})
+    proc = ehco("-c", cfg)
+    wait_port(port)
+    proc.wait_log("udp listening")
+    assert roundtrip(port, b"tcp!") == b"tcp!"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(b"udp!", ("127.0.0.1", port))
+        assert sock.recvfrom(100)[0] == b"udp!"
+
+
+def test_round_robin_splits_5_5(ehco, tmp_path):
+    a, b = EchoServer(), EchoServer()
+    try:
+        port = free_port()
+        cfg = write_config(tmp_path, {"relay_configs": [{
+            "listen": f"127.0.0.1:{port}", "label": "rr",
+            "tcp_remotes": [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"]}]})
+        ehco("-c", cfg).wait_log("tcp listening on")  # no probe connection: it would count
+        for i in range(10):
+            assert roundtrip(port, b"n%d" % i) == b"n%d" % i
+        assert (a.accepted, b.accepted) == (5, 5)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_refused_remote_closes_client_promptly(ehco, echo_server):
+    dead = free_port()  # nothing listens there
+    port, proc = start_relay(ehco, dead, "--log_level", "info")
+    for _ in range(2):  # and the listener keeps serving after a failed dial
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"anyone?")
+            try:
+                assert conn.recv(10) == b""  # closed, not hung (a timeout would raise)
+            except ConnectionResetError:
+                pass  # closed with our unread bytes in its buffer: the kernel sends RST
+    proc.wait_log(f"dial 127.0.0.1:{dead} for 127.0.0.1:")
+    assert "Connection refused" in proc.log
+
+
+def test_sighup_adds_relay_and_keeps_open_connection(ehco, echo_server, tmp_path):
+    p1, p2 = free_port(), free_port()
+    first = {"listen": f"127.0.0.1:{p1}", "label": "one",
+             "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}
+    cfg = write_config(tmp_path, {"relay_configs": [first]})
+    proc = ehco("-c", cfg)
+    wait_port(p1)
+    old = socket.create_connection(("127.0.0.1", p1), timeout=10)
+    old.sendall(b"before")
+    assert old.recv(100) == b"before"
+
+    second = {"listen": f"127.0.0.1:{p2}", "label": "two",
+              "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}
+    write_config(tmp_path, {"relay_configs": [first, second]})
+    proc.signal(signal.SIGHUP)
+    wait_port(p2)
+    assert roundtrip(p2, b"new relay") == b"new relay"
+    old.sendall(b"after")  # the connection opened before the reload still works
+    assert old.recv(100) == b"after"
+    old.close()
+    assert "stopped listening" not in proc.log  # relay one was not restarted
+
+
+def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
+    port = free_port()
+    good = {"relay_configs": [{"listen": f"127.0.0.1:{port}", "label": "keep",
+                               "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}]}
+    cfg = write_config(tmp_path, good)
+    proc = ehco("-c", cfg)
+    wait_port(port)
+    cfg.write_text(json.dumps({"relay_configs": [{"listen": "", "label": "broken"}]}))
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("reload (SIGHUP) failed, keeping the running config")
+    assert roundtrip(port, b"still here") == b"still here"
+    cfg.write_text("{ this is not json")
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("not valid JSON")
+    assert roundtrip(port, b"still here") == b"still here"
+    assert proc.proc.poll() is None
+
+
+def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
+    a, b = EchoServer(greeting=b"A"), EchoServer(greeting=b"B")
+    try:
+        port = free_port()
+        relay = {"listen": f"127.0.0.1:{port}", "label": "mv",
+                 "tcp_remotes": [f"127.0.0.1:{a.port}"]}
+        cfg = write_config(tmp_path, {"relay_configs": [relay]})
+        proc = ehco("-c", cfg)
+        wait_port(port)
+        assert roundtrip(port, b"x", greeting=b"A") == b"x"
+        relay["tcp_remotes"] = [f"127.0.0.1:{b.port}"]
+        write_config(tmp_path, {"relay_configs": [relay]})
+        proc.signal(signal.SIGHUP)
+        proc.wait_log("restarted ['mv']")
+        wait_port(port)
+        assert roundtrip(port, b"y", greeting=b"B") == b"y"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reload_interval_picks_up_edits(ehco, echo_server, tmp_path):
+    p1, p2 = free_port(), free_port()
+    relay = {"listen": f"127.0.0.1:{p1}", "label": "r",
+             "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}
+    cfg = write_config(tmp_path, {"reload_interval": 1, "relay_configs": [relay]})
+    ehco("-c", cfg)
+    wait_port(p1)
+    relay2 = dict(relay, label="r2", listen=f"127.0.0.1:{p2}")
+    write_config(tmp_path, {"reload_interval": 1, "relay_configs": [relay, relay2]})
+    wait_port(p2, timeout=10)
+    assert roundtrip(p2, b"ticker") == b"ticker"
+
+
+def test_sigterm_exits_zero_and_closes_listener(ehco, echo_server):
+    port, proc = start_relay(ehco, echo_server.port)
+    proc.signal(signal.SIGTERM)
+    assert proc.proc.wait(10) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_config_from_http_url(ehco, echo_server):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    port = free_port()
+    body = json.dumps({"relay_configs": [{"listen": f"127.0.0.1:{port}", "label": "http",
+                                          "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}]})
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        ehco("-c", f"http://127.0.0.1:{httpd.server_port}/config.json")
+        wait_port(port)
+        assert roundtrip(port, b"from url") == b"from url"
+    finally:
+        httpd.shutdown()
+
+
+def test_connection_log_lines_name_relay_and_addresses(ehco, echo_server):
+    port, proc = start_relay(ehco, echo_server.port, "--log_level", "debug")
+    roundtrip(port, b"abc")
+    deadline = time.monotonic() + 5
+    while "closed, up 3 down 3 bytes" not in proc.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = next(l for l in proc.log.splitlines() if "closed, up 3 down 3" in l)
+    assert f"TCP-To=[127.0.0.1:{echo_server.port}]" in line and "127.0.0.1:" in line
