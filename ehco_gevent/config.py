@@ -10,7 +10,6 @@ such as ``tcp_remote`` silently did nothing in ehco.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
 
@@ -327,10 +326,3 @@ def fetch_url(url: str) -> str:
 
 def load_config(path: str, fetch: Callable[[str], str] | None = None) -> tuple[Config, list[str]]:
     return parse_config(read_source(path, fetch), path)
-
-
-def env_flag(name: str) -> bool | None:
-    value = os.environ.get(name)
-    if value is None:
-        return None
-    return value.strip().lower() in ("1", "true", "yes", "on")
