@@ -272,3 +272,28 @@ def test_connection_log_lines_name_relay_and_addresses(ehco, echo_server):
         time.sleep(0.05)
     line = next(l for l in proc.log.splitlines() if "closed, up 3 down 3" in l)
     assert f"TCP-To=[127.0.0.1:{echo_server.port}]" in line and "127.0.0.1:" in line
+
+
+def test_unanswering_remote_times_out_and_closes_client(ehco):
+    """A remote whose accept queue is full drops SYNs: the 3 s dial timeout must end it."""
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue; further connects are never answered
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(blackhole.getsockname())
+        fillers.append(s)
+    try:
+        port, proc = start_relay(ehco, blackhole.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            try:
+                assert conn.recv(10) == b""  # closed by the relay, well before our 15 s
+            except ConnectionResetError:
+                pass
+        proc.wait_log("timed out")
+    finally:
+        for s in fillers:
+            s.close()
+        blackhole.close()
