@@ -21,6 +21,12 @@ from typing import Callable
 
 import gevent
 from gevent.hub import get_hub
+from gevent.monkey import get_original
+
+# The plain close: gevent's monkey-patched os.close defers closing to the loop's next
+# iteration, which on an idle hub keeps a finished connection's pipes open until the next
+# event. Our pipes have no watchers left when they are closed, so the deferral buys nothing.
+_close_fd = get_original("os", "close")
 
 log = logging.getLogger("ehco.pump")
 
@@ -92,8 +98,8 @@ def splice_loop(src_fd: int, dst_fd: int, count: Counter) -> None:
     finally:
         read_watcher.close()
         write_watcher.close()
-        os.close(r)
-        os.close(w)
+        _close_fd(r)
+        _close_fd(w)
 
 
 def copy_loop(src, dst, count: Counter) -> None:

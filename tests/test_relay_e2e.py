@@ -297,3 +297,21 @@ def test_unanswering_remote_times_out_and_closes_client(ehco):
         for s in fillers:
             s.close()
         blackhole.close()
+
+
+def test_nothing_left_behind_after_connections_end(ehco, echo_server):
+    """Sockets and splice pipes of finished connections are all closed in the process."""
+    port, proc = start_relay(ehco, echo_server.port)
+    assert roundtrip(port, b"warm up") == b"warm up"
+
+    def fds():
+        return sorted(os.listdir(f"/proc/{proc.proc.pid}/fd"))
+
+    time.sleep(0.3)
+    before = fds()
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(lambda i: roundtrip(port, os.urandom(200_000)), range(40)))
+    deadline = time.monotonic() + 5
+    while fds() != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fds() == before
