@@ -54,10 +54,11 @@ class TrafficHistory:
         """Column form, as the chart library takes it: t (unix seconds), up, down (bytes/s)."""
         out = {}
         for label, ring in self.series.items():
+            # unrounded: rate x interval gives back the exact bytes moved
             out[label] = {
-                "t": [round(p[0], 3) for p in ring],
-                "up": [round(p[1], 1) for p in ring],
-                "down": [round(p[2], 1) for p in ring],
+                "t": [p[0] for p in ring],
+                "up": [p[1] for p in ring],
+                "down": [p[2] for p in ring],
             }
         return out
 
