@@ -10,6 +10,20 @@
 
     function rate(v) { return window.ehcoBytes(v) + "/s"; }
 
+    // axis ticks: short (one decimal), so the label fits the axis gutter
+    function tick(v) {
+        var units = ["B", "K", "M", "G", "T"], i = 0;
+        while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+        return (i === 0 || v >= 100 ? Math.round(v) : v.toFixed(1)) + " " + units[i] + "/s";
+    }
+
+    function clock(t) {
+        var d = new Date(t * 1000);
+        return [d.getHours(), d.getMinutes(), d.getSeconds()].map(function (n) {
+            return (n < 10 ? "0" : "") + n;
+        }).join(":");
+    }
+
     function chartWidth() { return Math.max(300, root.clientWidth - 4); }
 
     function makeChart(label) {
@@ -40,7 +54,11 @@
                 { label: "down", stroke: "#1a9a62", fill: "rgba(26,154,98,0.12)", width: 2,
                   value: function (u, v) { return v == null ? "-" : rate(v); } }
             ],
-            axes: [{}, { size: 80, values: function (u, vals) { return vals.map(rate); } }]
+            axes: [
+                { space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600],
+                  values: function (u, vals) { return vals.map(clock); } },
+                { size: 70, values: function (u, vals) { return vals.map(tick); } }
+            ]
         };
         var u = new uPlot(opts, [[], [], []], plot);
         return { box: box, upText: up, downText: down, plot: u };
