@@ -61,7 +61,9 @@ class WebService:
             self.server, self.bound = None, None
             log.info("web server stopped (web_port is 0)")
         if old is not None and old is not self.server:
-            old.stop(timeout=1)
+            # in its own greenlet: the reload may have come in through this very server, and
+            # its request should finish (and answer) before the old server is torn down
+            gevent.spawn(old.stop, 5)
 
     def stop(self) -> None:
         if self._sampler is not None:

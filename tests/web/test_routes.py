@@ -276,3 +276,16 @@ def test_traffic_feed_counts_bytes_per_relay(web_node):
     assert round(sum(d * (series["t"][i] - series["t"][i - 1])
                      for i, d in enumerate(series["down"]) if i)) == 200_000
     assert requests.get(node.url("/api/v1/traffic/"), timeout=10).json()["pings"] == []
+
+
+def test_reload_moves_the_web_server_to_a_new_port(web_node):
+    node = web_node()
+    cfg = json.loads(node.config_path.read_text())
+    cfg["web_port"] = new_port = free_port()
+    write_config(node.config_path.parent, cfg)
+    assert node.post("/reload/").text == "reload success"
+    node.proc.wait_log(f"Start Web Server at http://{LOOPBACK}:{new_port}")
+    resp = requests.get(f"http://{LOOPBACK}:{new_port}/api/v1/config/", timeout=10)
+    assert resp.json()["web_port"] == new_port
+    with pytest.raises(requests.ConnectionError):
+        requests.get(node.url("/"), timeout=5)
