@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["ehco_gevent", "ehco_gevent.*"]),
     include_package_data=True,
-    package_data={"ehco_gevent": ["static/*", "templates/*"]},
+    package_data={"ehco_gevent": ["static/*", "templates/*", "web/static/*", "web/templates/*"]},
     install_requires=[
         "gevent>=24.2,<27",
         "gevent-websocket>=0.10.1,<0.11",

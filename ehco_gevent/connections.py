@@ -71,6 +71,8 @@ class ConnectionRegistry:
         self._unsynced: deque[Connection] = deque(maxlen=closed_keep * 10)
         #: (remote_label, conn_type) -> [up, down] bytes of connections already closed
         self.closed_totals: dict[tuple[str, str], list[int]] = {}
+        #: relay label -> [up, down] bytes of connections already closed (the web traffic chart)
+        self.relay_closed_totals: dict[str, list[int]] = {}
 
     def open(self, relay_label: str, conn_type: str, client_addr: str, remote: str,
              remote_label: str, dial_ms: float = 0.0) -> Connection:
@@ -87,6 +89,9 @@ class ConnectionRegistry:
         totals = self.closed_totals.setdefault((conn.remote_label, conn.conn_type), [0, 0])
         totals[0] += conn.up_bytes
         totals[1] += conn.down_bytes
+        relay = self.relay_closed_totals.setdefault(conn.relay_label, [0, 0])
+        relay[0] += conn.up_bytes
+        relay[1] += conn.down_bytes
         self.closed.appendleft(conn)
         self._unsynced.append(conn)
 
@@ -95,6 +100,15 @@ class ConnectionRegistry:
         out = {key: list(v) for key, v in self.closed_totals.items()}
         for conn in list(self.active.values()):
             t = out.setdefault((conn.remote_label, conn.conn_type), [0, 0])
+            t[0] += conn.up_bytes
+            t[1] += conn.down_bytes
+        return out
+
+    def relay_totals(self) -> dict[str, list[int]]:
+        """Bytes up/down per relay label so far, open connections included."""
+        out = {label: list(v) for label, v in self.relay_closed_totals.items()}
+        for conn in list(self.active.values()):
+            t = out.setdefault(conn.relay_label, [0, 0])
             t[0] += conn.up_bytes
             t[1] += conn.down_bytes
         return out

@@ -1,0 +1,137 @@
+/* Index page: one uPlot chart per relay (bytes/s up and down), ping latencies, reload button.
+ * Polls /api/v1/traffic/ every sample interval; charts are kept in window.ehcoCharts by label. */
+(function () {
+    "use strict";
+    var root = document.getElementById("traffic");
+    var interval = parseFloat(root.getAttribute("data-interval")) || 2;
+    var charts = {};
+    window.ehcoCharts = charts;
+    window.ehcoTrafficPolls = 0;
+
+    function rate(v) { return window.ehcoBytes(v) + "/s"; }
+
+    // axis ticks: short (one decimal), so the label fits the axis gutter
+    function tick(v) {
+        var units = ["B", "K", "M", "G", "T"], i = 0;
+        while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+        return (i === 0 || v >= 100 ? Math.round(v) : v.toFixed(1)) + " " + units[i] + "/s";
+    }
+
+    function clock(t) {
+        var d = new Date(t * 1000);
+        return [d.getHours(), d.getMinutes(), d.getSeconds()].map(function (n) {
+            return (n < 10 ? "0" : "") + n;
+        }).join(":");
+    }
+
+    function chartWidth() { return Math.max(300, root.clientWidth - 4); }
+
+    function makeChart(label) {
+        var box = document.createElement("div");
+        box.className = "relay";
+        box.setAttribute("data-relay", label);
+        var head = document.createElement("div");
+        head.className = "relay-head";
+        var name = document.createElement("span");
+        name.className = "label";
+        name.textContent = label;
+        var up = document.createElement("span");
+        up.className = "rate-up";
+        var down = document.createElement("span");
+        down.className = "rate-down";
+        head.appendChild(name); head.appendChild(up); head.appendChild(down);
+        var plot = document.createElement("div");
+        plot.className = "plot";
+        box.appendChild(head); box.appendChild(plot);
+        root.appendChild(box);
+        var opts = {
+            width: chartWidth(), height: 170,
+            scales: { y: { range: function (u, min, max) { return [0, Math.max(1024, max * 1.1)]; } } },
+            series: [
+                {},
+                { label: "up", stroke: "#2f6fdb", fill: "rgba(47,111,219,0.12)", width: 2,
+                  value: function (u, v) { return v == null ? "-" : rate(v); } },
+                { label: "down", stroke: "#1a9a62", fill: "rgba(26,154,98,0.12)", width: 2,
+                  value: function (u, v) { return v == null ? "-" : rate(v); } }
+            ],
+            axes: [
+                { space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600],
+                  values: function (u, vals) { return vals.map(clock); } },
+                { size: 70, values: function (u, vals) { return vals.map(tick); } }
+            ]
+        };
+        var u = new uPlot(opts, [[], [], []], plot);
+        return { box: box, upText: up, downText: down, plot: u };
+    }
+
+    function renderPings(pings) {
+        var body = document.getElementById("pings");
+        body.textContent = "";
+        if (!pings.length) {
+            var tr = document.createElement("tr");
+            var td = document.createElement("td");
+            td.colSpan = 4; td.className = "muted"; td.textContent = "No ping results yet.";
+            tr.appendChild(td); body.appendChild(tr);
+            return;
+        }
+        pings.forEach(function (p) {
+            var tr = document.createElement("tr");
+            [p.label, p.host, p.ip, p.latency_ms.toFixed(2) + " ms"].forEach(function (v) {
+                var td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+            });
+            body.appendChild(tr);
+        });
+    }
+
+    function apply(data) {
+        var seen = {};
+        var empty = document.getElementById("no-relays");
+        Object.keys(data.relays).forEach(function (label) {
+            seen[label] = true;
+            var s = data.relays[label];
+            var c = charts[label];
+            if (!c) {
+                if (empty) { empty.remove(); empty = null; }
+                c = charts[label] = makeChart(label);
+            }
+            c.plot.setData([s.t, s.up, s.down]);
+            var n = s.t.length;
+            var lastUp = n ? s.up[n - 1] : 0, lastDown = n ? s.down[n - 1] : 0;
+            c.upText.textContent = "\u2191 " + rate(lastUp);
+            c.downText.textContent = "\u2193 " + rate(lastDown);
+            c.box.setAttribute("data-last-up", lastUp);
+            c.box.setAttribute("data-last-down", lastDown);
+        });
+        Object.keys(charts).forEach(function (label) {
+            if (!seen[label]) { charts[label].plot.destroy(); charts[label].box.remove(); delete charts[label]; }
+        });
+        renderPings(data.pings || []);
+        window.ehcoTrafficPolls += 1;
+    }
+
+    function poll() {
+        fetch(window.ehcoUrl("/api/v1/traffic/"), { credentials: "same-origin" })
+            .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+            .then(apply)
+            .catch(function (e) { console.warn("traffic poll failed:", e); });
+    }
+
+    window.addEventListener("resize", function () {
+        Object.keys(charts).forEach(function (label) {
+            charts[label].plot.setSize({ width: chartWidth(), height: 170 });
+        });
+    });
+
+    var button = document.getElementById("reloadButton");
+    var result = document.getElementById("reloadResult");
+    button.addEventListener("click", function () {
+        result.textContent = "reloading...";
+        fetch(window.ehcoUrl("/api/v1/config/reload/"), { method: "POST", credentials: "same-origin" })
+            .then(function (r) { return r.text().then(function (t) { return [r.ok, t]; }); })
+            .then(function (res) { result.textContent = (res[0] ? "" : "failed: ") + res[1]; })
+            .catch(function (e) { result.textContent = "failed: " + e; });
+    });
+
+    poll();
+    setInterval(poll, interval * 1000);
+})();

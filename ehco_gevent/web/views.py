@@ -1,0 +1,168 @@
+"""The Flask app: ehco's routes, the JSON feeds behind the live parts, and the auth gate.
+
+Every request, static files and other services' blueprints included, passes ``before_request``
+first, so with a token or basic auth configured nothing at all is served without it. The gate
+reads the running config on each request, so a reload that changes the token applies at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from flask import Flask, Response, render_template, request
+
+from .. import build
+from .auth import basic_ok, token_ok
+from .formatting import (DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, duration, parse_positive,
+                         pretty_bytes, span)
+from .traffic import SAMPLE_INTERVAL
+
+log = logging.getLogger("ehco.web")
+CONN_TYPES = ("active", "closed")
+
+
+def create_flask_app(app: Any, service: Any) -> Flask:
+    flask = Flask("ehco_gevent.web", static_folder="static", template_folder="templates")
+    flask.json.sort_keys = False  # type: ignore[attr-defined]
+
+    # -- auth ---------------------------------------------------------------------------------
+    @flask.before_request
+    def gate():
+        cfg = app.config
+        if cfg is None:
+            return None
+        if not token_ok(cfg.web_token, request.args.get("token")):
+            return Response("invalid or missing token\n", 401, mimetype="text/plain")
+        creds = request.authorization
+        user = creds.username if creds is not None and creds.type == "basic" else None
+        password = creds.password if creds is not None and creds.type == "basic" else None
+        if not basic_ok(cfg.web_auth_user, cfg.web_auth_pass, user, password):
+            return Response("Unauthorized\n", 401, mimetype="text/plain",
+                            headers={"WWW-Authenticate": 'Basic realm="ehco"'})
+        return None
+
+    def url(path: str, **params: Any) -> str:
+        """A link on this node that carries the token, when one is configured."""
+        token = app.config.web_token if app.config is not None else ""
+        if token:
+            params["token"] = token
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        return f"{path}?{query}" if query else path
+
+    @flask.context_processor
+    def helpers() -> dict:
+        return {"url": url, "version": build.VERSION}
+
+    # -- pages --------------------------------------------------------------------------------
+    @flask.get("/")
+    def index():
+        cfg = app.config
+        info = build.build_info()
+        base = request.host_url.rstrip("/")
+        subs = []
+        for sub in (cfg.sub_configs if cfg is not None else ()):
+            plain = url("/clash_proxy_provider/", sub_name=sub.name)
+            grouped = url("/clash_proxy_provider/", sub_name=sub.name, grouped="true")
+            subs.append({"name": sub.name, "url": plain, "grouped_url": grouped,
+                         "full_url": base + plain, "full_grouped_url": base + grouped,
+                         "key": quote(sub.name, safe="")})
+        relays = [{"label": label, "listen": relay.cfg.listen,
+                   "remotes": list(relay.cfg.tcp_remotes) + list(relay.cfg.udp_remotes)}
+                  for label, relay in app.relays.relays.items()]
+        return render_template(
+            "index.html", info=info,
+            start_time=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(build.START_TIME)),
+            subs=subs, relays=relays, sample_interval=SAMPLE_INTERVAL)
+
+    @flask.get("/connections/")
+    def connections():
+        view = connection_page(app.registry, request.args)
+        return render_template("connections.html", **view)
+
+    # -- feeds and API ------------------------------------------------------------------------
+    @flask.get("/api/v1/connections/")
+    def connections_json():
+        view = connection_page(app.registry, request.args)
+        return {"conn_type": view["conn_type"], "page": view["page"].page,
+                "page_size": view["page"].page_size, "total": view["page"].total,
+                "active_count": view["active_count"], "closed_count": view["closed_count"],
+                "connections": view["rows"]}
+
+    @flask.get("/api/v1/traffic/")
+    def traffic_json():
+        return {"interval": SAMPLE_INTERVAL, "now": time.time(),
+                "relays": service.history.to_json(), "pings": service.ping_latencies()}
+
+    @flask.get("/api/v1/config/")
+    def current_config():
+        body = json.dumps(app.config.to_json() if app.config is not None else {}, indent=2,
+                          ensure_ascii=False)
+        return Response(body + "\n", mimetype="application/json")
+
+    @flask.post("/api/v1/config/reload/")
+    @flask.post("/reload/")
+    def reload():
+        ok, message = app.reload("web")
+        if ok:
+            return Response("reload success", 200, mimetype="text/plain")
+        return Response(message, 400, mimetype="text/plain")
+
+    @flask.get("/metrics/")
+    def metrics():
+        from ..metrics import render_metrics  # the metrics module owns names and collectors
+
+        body, content_type = render_metrics(app)
+        return Response(body, 200, headers={"Content-Type": content_type})
+
+    # -- other services' routes ---------------------------------------------------------------
+    for other in app.services:
+        make = getattr(other, "blueprint", None)
+        if make is not None:
+            flask.register_blueprint(make())
+    return flask
+
+
+def connection_row(conn: Any, now: float) -> dict:
+    return {
+        "id": conn.id,
+        "relay_label": conn.relay_label,
+        "type": conn.conn_type,
+        "flow": f"{conn.client_addr} → {conn.remote}",
+        "up_bytes": conn.up_bytes,
+        "down_bytes": conn.down_bytes,
+        "up": pretty_bytes(conn.up_bytes),
+        "down": pretty_bytes(conn.down_bytes),
+        "dial_ms": round(conn.dial_ms, 3),
+        "time": span(conn.started_at, conn.ended_at),
+        "duration": duration(conn.started_at, conn.ended_at, now),
+        "active": conn.active,
+    }
+
+
+def connection_page(registry: Any, args: Any) -> dict:
+    """One page of connections. Active ones are grouped by relay label, oldest first (as
+    ehco's list); closed ones newest first, since that is what an operator looks for."""
+    conn_type = args.get("conn_type", "active")
+    if conn_type not in CONN_TYPES:
+        conn_type = "active"
+    active = list(registry.active.values())
+    closed = list(registry.closed)
+    if conn_type == "active":
+        items = sorted(active, key=lambda c: (c.relay_label, c.started_at, c.id))
+    else:
+        items = closed
+    page = Page(parse_positive(args.get("page"), 1),
+                parse_positive(args.get("page_size"), DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE),
+                len(items))
+    now = time.time()
+    return {
+        "conn_type": conn_type,
+        "page": page,
+        "rows": [connection_row(c, now) for c in page.slice(items)],
+        "active_count": len(active),
+        "closed_count": len(closed),
+    }

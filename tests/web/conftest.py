@@ -1,0 +1,87 @@
+"""Web tests: a real ehco process with the web server on, a relay labelled ``lbl`` to a real
+echo server, and a real Clash subscription served over HTTP for ``sub_configs``."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from ..support import LOOPBACK, EchoServer, free_port, write_config
+
+SUB_NAME = "sub1"
+
+
+@dataclass
+class WebNode:
+    proc: object
+    base: str
+    relay_port: int
+    config_path: Path
+    config: dict
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def get(self, path: str, **kw) -> requests.Response:
+        kw.setdefault("timeout", 10)
+        return requests.get(self.url(path), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        kw.setdefault("timeout", 30)
+        return requests.post(self.url(path), **kw)
+
+
+class _SubHandler(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/yaml")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def subscription_server(echo_server):
+    """A Clash subscription with one proxy (the echo server), served on loopback."""
+    handler = type("Handler", (_SubHandler,), {"body": (
+        "proxies:\n"
+        f"  - {{name: us-1, type: ss, server: {LOOPBACK}, port: {echo_server.port}, "
+        "cipher: aes-128-gcm, password: pw}\n").encode()})
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{LOOPBACK}:{server.server_address[1]}/sub.yaml"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def web_node(ehco, tmp_path, echo_server, subscription_server):
+    """Start ehco with ``web_port`` and a relay ``lbl``; extra top-level keys via the factory."""
+
+    def start(**extra) -> WebNode:
+        web_port, relay_port = free_port(), free_port()
+        cfg = {
+            "web_host": LOOPBACK,
+            "web_port": web_port,
+            "enable_ping": False,
+            "relay_configs": [{"listen": f"{LOOPBACK}:{relay_port}", "label": "lbl",
+                               "tcp_remotes": [f"{LOOPBACK}:{echo_server.port}"]}],
+            "sub_configs": [{"name": SUB_NAME, "url": subscription_server}],
+        }
+        cfg.update(extra)
+        path = write_config(tmp_path, cfg)
+        proc = ehco("-c", path)
+        proc.wait_log("Start Web Server at")
+        return WebNode(proc, f"http://{LOOPBACK}:{web_port}", relay_port, path, cfg)
+
+    return start

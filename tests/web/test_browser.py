@@ -1,0 +1,129 @@
+"""The pages in a real browser (Debian's chromium driven by Playwright) while traffic flows:
+the relay's chart draws and moves, and the live connection shows up with growing byte counts."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from ..support import LOOPBACK, ROOT, require_program
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+class SteadyTraffic:
+    """One connection through the relay that keeps echoing 32 KiB chunks until stopped
+    (bounded: at most ``limit`` seconds)."""
+
+    def __init__(self, port: int, limit: float = 90.0):
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=10)
+        self.client = "%s:%d" % self.sock.getsockname()
+        self.stop_event = threading.Event()
+        self.sent = 0
+        self.limit = limit
+        self.errors: list = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        chunk = b"e" * 32768
+        end = time.monotonic() + self.limit
+        try:
+            while not self.stop_event.is_set() and time.monotonic() < end:
+                self.sock.sendall(chunk)
+                got = 0
+                while got < len(chunk):
+                    data = self.sock.recv(len(chunk) - got)
+                    if not data:
+                        raise ConnectionError("relay closed the connection")
+                    got += len(data)
+                self.sent += len(chunk)
+                time.sleep(0.02)
+        except OSError as exc:
+            self.errors.append(exc)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+        self.sock.close()
+
+
+def wait_js(page, expr: str, what: str, timeout_ms: int = 30000):
+    try:
+        page.wait_for_function(expr, timeout=timeout_ms)
+    except Exception as exc:
+        raise AssertionError(f"{what}: {expr} never held ({exc})") from None
+
+
+@pytest.fixture
+def browser():
+    path = require_program("chromium", "chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_index_chart_moves_and_connection_row_updates(web_node, browser):
+    node = web_node()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1200, "height": 1100})
+    outside: list[str] = []
+    page.on("request", lambda req: outside.append(req.url)
+            if not req.url.startswith(node.base) else None)
+    page.goto(node.url("/"))
+    assert "ehco is a network relay tool" in page.text_content("h1")
+    wait_js(page, "window.ehcoCharts && window.ehcoCharts['lbl'] && window.ehcoTrafficPolls >= 1",
+            "chart for relay lbl")
+    idle = page.evaluate("window.ehcoCharts['lbl'].plot.data")
+    assert max(idle[1] + idle[2]) == 0  # nothing relayed yet
+    idle_pixels = page.evaluate("window.ehcoCharts['lbl'].plot.ctx.canvas.toDataURL()")
+
+    traffic = SteadyTraffic(node.relay_port)
+    try:
+        # the chart's own data shows bytes moving up and down, and the drawing changes
+        wait_js(page, "(() => { const d = window.ehcoCharts['lbl'].plot.data;"
+                      " return Math.max(...d[1]) > 50000 && Math.max(...d[2]) > 50000; })()",
+                "chart shows traffic")
+        first = page.evaluate("window.ehcoCharts['lbl'].plot.data")
+        polls = page.evaluate("window.ehcoTrafficPolls")
+        wait_js(page, f"window.ehcoTrafficPolls >= {polls + 2}", "chart keeps polling")
+        later = page.evaluate("window.ehcoCharts['lbl'].plot.data")
+        assert later[0][-1] > first[0][-1]  # new points on the time axis
+        assert later != first
+        assert page.evaluate("window.ehcoCharts['lbl'].plot.scales.y.max") > 50000
+        busy_pixels = page.evaluate("window.ehcoCharts['lbl'].plot.ctx.canvas.toDataURL()")
+        assert busy_pixels != idle_pixels
+        rate_text = page.text_content("[data-relay='lbl'] .rate-up")
+        assert rate_text.startswith("\u2191 ") and "/s" in rate_text
+        assert float(page.get_attribute("[data-relay='lbl']", "data-last-up")) > 0
+        page.screenshot(path=str(ARTIFACTS / "web-index.png"), full_page=True)
+
+        # follow the link to the connections page: the live connection is listed and its
+        # byte counts move without a reload
+        page.click("#connections-link")
+        page.wait_for_url("**/connections/?conn_type=active")
+        row = page.locator("#conn-rows tr", has_text=traffic.client)
+        row.wait_for(timeout=15000)
+        assert row.locator("td.label").text_content() == "lbl"
+        assert traffic.client + " \u2192 " in row.locator("td.flow").text_content()
+        up_before = row.locator(".up").text_content()
+        polls = page.evaluate("window.ehcoConnPolls")
+        wait_js(page, f"window.ehcoConnPolls >= {polls + 2}", "connections keep polling")
+        row = page.locator("#conn-rows tr", has_text=traffic.client)
+        up_after = row.locator(".up").text_content()
+        assert up_after != up_before, (up_before, up_after)
+        assert page.text_content("#active-count") == "1"
+        page.screenshot(path=str(ARTIFACTS / "web-connections.png"), full_page=True)
+    finally:
+        traffic.stop()
+    assert not traffic.errors, traffic.errors
+    assert traffic.sent > 0
+    assert outside == [], outside

@@ -1,0 +1,291 @@
+"""Every web route of design.md 6.1 against a real ehco process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import time
+from html.parser import HTMLParser
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from ..support import LOOPBACK, EhcoProcess, free_port, roundtrip, sha, write_config
+from .conftest import SUB_NAME
+
+
+def wait_for(fetch, check, what: str, timeout: float = 15.0):
+    """Poll ``fetch()`` until ``check(value)``; fail with the last value (not a timing check)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if check(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: last value {value!r}")
+        time.sleep(0.1)
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href") and value is not None:
+                self.links.append((tag, value))
+
+
+def links_of(html: str) -> list[tuple[str, str]]:
+    parser = Links()
+    parser.feed(html)
+    return parser.links
+
+
+def test_index_shows_build_info_links_and_clash_providers(web_node):
+    node = web_node()
+    resp = node.get("/")
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/html")
+    page = resp.text
+    assert "1.1.4-dev" in page
+    assert 'id="start-time"' in page
+    hrefs = [v for _, v in links_of(page)]
+    for route in ("/metrics/", "/connections/?conn_type=active", "/api/v1/config/"):
+        assert route in hrefs
+    # both provider URLs of the subscription, relative links and absolute ones to paste
+    assert f"/clash_proxy_provider/?sub_name={SUB_NAME}" in hrefs
+    assert f"/clash_proxy_provider/?sub_name={SUB_NAME}&amp;grouped=true" not in hrefs
+    assert f"/clash_proxy_provider/?sub_name={SUB_NAME}&grouped=true" in hrefs
+    assert f'url: "{node.base}/clash_proxy_provider/?sub_name={SUB_NAME}&amp;grouped=true"' in page
+    # the live chart's feed lists the relay
+    traffic = node.get("/api/v1/traffic/").json()
+    assert "lbl" in traffic["relays"]
+    assert set(traffic["relays"]["lbl"]) == {"t", "up", "down"}
+
+
+def test_index_references_no_outside_host(web_node):
+    node = web_node()
+    for path in ("/", "/connections/?conn_type=active", "/connections/?conn_type=closed"):
+        page = node.get(path).text
+        links = links_of(page)
+        assert any(tag == "script" for tag, _ in links)
+        for tag, value in links:
+            parts = urlsplit(value)
+            assert not parts.scheme and not parts.netloc and not value.startswith("//"), (tag, value)
+            # every asset is really served by the node
+            if tag in ("script", "link"):
+                asset = node.get(value)
+                assert asset.status_code == 200, value
+                assert len(asset.content) > 100, value
+    chart = node.get("/static/uPlot.iife.min.js").text
+    assert "uPlot" in chart
+
+
+def test_config_dump_has_the_relay(web_node):
+    node = web_node()
+    resp = node.get("/api/v1/config/")
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("application/json")
+    cfg = resp.json()
+    relay = next(r for r in cfg["relay_configs"] if r["label"] == "lbl")
+    assert relay["listen"] == f"{LOOPBACK}:{node.relay_port}"
+    assert relay["tcp_remotes"] == node.config["relay_configs"][0]["tcp_remotes"]
+    assert cfg["web_port"] == node.config["web_port"]
+    assert cfg["sub_configs"] == node.config["sub_configs"]
+
+
+def test_metrics_route(web_node):
+    if importlib.util.find_spec("ehco_gevent.metrics") is None:
+        pytest.skip("ehco_gevent.metrics not on this branch yet")
+    node = web_node()
+    resp = node.get("/metrics/")
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert "ehco_alive_state" in resp.text
+
+
+def test_connections_active_then_closed(web_node):
+    node = web_node()
+    payload = bytes(range(256)) * 12  # 3072 bytes
+    conn = socket.create_connection((LOOPBACK, node.relay_port), timeout=10)
+    try:
+        conn.sendall(payload)
+        echoed = b""
+        while len(echoed) < len(payload):
+            echoed += conn.recv(65536)
+        assert echoed == payload
+        client = "%s:%d" % conn.getsockname()
+
+        def active():
+            return node.get("/api/v1/connections/?conn_type=active").json()
+
+        data = wait_for(active, lambda d: any(c["up_bytes"] == 3072 and c["down_bytes"] == 3072
+                                              for c in d["connections"]),
+                        "active connection with its bytes")
+        row = data["connections"][0]
+        assert row["relay_label"] == "lbl"
+        assert row["flow"].startswith(client + " → ")
+        assert data["active_count"] == 1
+        page = node.get("/connections/?conn_type=active").text
+        assert "lbl" in page and client in page
+        assert "up: 3.00 KiB" in page and "down: 3.00 KiB" in page
+        assert "No connections available." not in page
+        assert "N/A" in page  # no end time yet
+    finally:
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+        conn.close()
+
+    def closed():
+        return node.get("/api/v1/connections/?conn_type=closed").json()
+
+    data = wait_for(closed, lambda d: d["closed_count"] == 1, "closed connection")
+    row = data["connections"][0]
+    assert (row["relay_label"], row["up_bytes"], row["down_bytes"]) == ("lbl", 3072, 3072)
+    assert row["flow"].startswith(client + " → ")
+    assert data["active_count"] == 0
+    page = node.get("/connections/?conn_type=closed").text
+    assert client in page and "up: 3.00 KiB" in page
+    assert "No connections available." in node.get("/connections/?conn_type=active").text
+
+
+def test_connections_paging(web_node):
+    node = web_node()
+    for i in range(3):
+        assert roundtrip(node.relay_port, b"x" * (i + 1)) == b"x" * (i + 1)
+
+    def closed(page):
+        return node.get(f"/api/v1/connections/?conn_type=closed&page={page}&page_size=2").json()
+
+    wait_for(lambda: closed(1), lambda d: d["closed_count"] == 3, "three closed")
+    first, second = closed(1), closed(2)
+    assert [c["up_bytes"] for c in first["connections"]] == [3, 2]  # newest first
+    assert [c["up_bytes"] for c in second["connections"]] == [1]
+    html = node.get("/connections/?conn_type=closed&page=1&page_size=2").text
+    assert "Page 1 of 2" in html
+    assert "/connections/?conn_type=closed&amp;page=2&amp;page_size=2" in html
+    # junk parameters fall back to the defaults instead of failing
+    assert node.get("/connections/?conn_type=bogus&page=x&page_size=-1").status_code == 200
+
+
+@pytest.mark.parametrize("route", ["/api/v1/config/reload/", "/reload/"])
+def test_reload_routes(web_node, route, echo_server):
+    node = web_node()
+    assert node.get(route).status_code == 405  # POST only
+    resp = node.post(route)
+    assert (resp.status_code, resp.text) == (200, "reload success")
+    # a new relay from the changed file is served after the reload
+    new_port = free_port()
+    cfg = json.loads(node.config_path.read_text())
+    cfg["relay_configs"].append({"listen": f"{LOOPBACK}:{new_port}", "label": "second",
+                                 "tcp_remotes": [f"{LOOPBACK}:{echo_server.port}"]})
+    write_config(node.config_path.parent, cfg)
+    resp = node.post(route)
+    assert (resp.status_code, resp.text) == (200, "reload success")
+    assert roundtrip(new_port, b"second relay") == b"second relay"
+    labels = [r["label"] for r in node.get("/api/v1/config/").json()["relay_configs"]]
+    assert "second" in labels
+    # an invalid file: 400 with the reason, relays keep serving
+    node.config_path.write_text('{"relay_configs": [{"listen": "nope"}]')
+    resp = node.post(route)
+    assert resp.status_code == 400
+    assert "not valid JSON" in resp.text and str(node.config_path) in resp.text
+    node.config_path.write_text(json.dumps({**cfg, "relay_configs": [
+        {"listen": f"{LOOPBACK}:{node.relay_port}", "label": "lbl", "tcp_remotes": []}]}))
+    resp = node.post(route)
+    assert resp.status_code == 400
+    assert "tcp_remotes/udp_remotes" in resp.text and "lbl" in resp.text
+    payload = bytes(range(256)) * 100
+    assert sha(roundtrip(node.relay_port, payload)) == sha(payload)
+    assert roundtrip(new_port, b"still here") == b"still here"
+
+
+def test_web_token(web_node):
+    node = web_node(web_token="s3cret")
+    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/",
+                 "/api/v1/traffic/", f"/clash_proxy_provider/?sub_name={SUB_NAME}"):
+        assert node.get(path).status_code == 401, path
+        sep = "&" if "?" in path else "?"
+        assert node.get(f"{path}{sep}token=wrong").status_code == 401, path
+    assert node.post("/reload/").status_code == 401
+    assert node.post("/reload/?token=s3cret").text == "reload success"
+    resp = node.get("/?token=s3cret")
+    assert resp.status_code == 200
+    # every link on the page carries the token, so following them works
+    for tag, value in links_of(resp.text):
+        assert parse_qs(urlsplit(value).query).get("token") == ["s3cret"], (tag, value)
+        if tag in ("script", "link") or value.startswith("/connections/"):
+            assert node.get(value).status_code == 200, value
+    assert node.get("/api/v1/config/?token=s3cret").json()["web_token"] == "s3cret"
+
+
+def test_basic_auth(web_node):
+    node = web_node(web_auth_user="admin", web_auth_pass="pa55")
+    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/"):
+        resp = node.get(path)
+        assert resp.status_code == 401, path
+        assert resp.headers["WWW-Authenticate"].startswith("Basic")
+        assert "lbl" not in resp.text
+        for creds in (("admin", "wrong"), ("wrong", "pa55"), ("", ""), ("admin", "pa55x")):
+            assert node.get(path, auth=creds).status_code == 401, (path, creds)
+        assert node.get(path, auth=("admin", "pa55")).status_code == 200, path
+    assert node.post("/reload/").status_code == 401
+    assert node.post("/reload/", auth=("admin", "pa55")).text == "reload success"
+
+
+def test_web_port_taken_is_a_clear_error(tmp_path, echo_server):
+    holder = socket.socket()
+    holder.bind((LOOPBACK, 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        path = write_config(tmp_path, {
+            "web_host": LOOPBACK, "web_port": port, "enable_ping": False,
+            "relay_configs": [{"listen": f"{LOOPBACK}:{free_port()}",
+                               "tcp_remotes": [f"{LOOPBACK}:{echo_server.port}"]}]})
+        proc = EhcoProcess(["-c", str(path)], tmp_path)
+        assert proc.proc.wait(30) == 1
+        log = proc.log
+        proc.stop()
+        assert f"web server: cannot listen on {LOOPBACK}:{port}: address already in use" in log
+        assert "Traceback" not in log
+    finally:
+        holder.close()
+
+
+def test_traffic_feed_counts_bytes_per_relay(web_node):
+    node = web_node()
+    payload = b"z" * 200_000
+    assert sha(roundtrip(node.relay_port, payload)) == sha(payload)
+
+    def feed():
+        return node.get("/api/v1/traffic/").json()["relays"]["lbl"]
+
+    # rates are bytes/s over each sample interval: summed over time they give the bytes moved
+    def moved(series):
+        t = series["t"]
+        return sum(up * (t[i] - t[i - 1]) for i, up in enumerate(series["up"]) if i)
+
+    series = wait_for(feed, lambda s: round(moved(s)) >= 200_000, "traffic in the feed")
+    assert round(moved(series)) == 200_000
+    assert round(sum(d * (series["t"][i] - series["t"][i - 1])
+                     for i, d in enumerate(series["down"]) if i)) == 200_000
+    assert requests.get(node.url("/api/v1/traffic/"), timeout=10).json()["pings"] == []
+
+
+def test_reload_moves_the_web_server_to_a_new_port(web_node):
+    node = web_node()
+    cfg = json.loads(node.config_path.read_text())
+    cfg["web_port"] = new_port = free_port()
+    write_config(node.config_path.parent, cfg)
+    assert node.post("/reload/").text == "reload success"
+    node.proc.wait_log(f"Start Web Server at http://{LOOPBACK}:{new_port}")
+    resp = requests.get(f"http://{LOOPBACK}:{new_port}/api/v1/config/", timeout=10)
+    assert resp.json()["web_port"] == new_port
+    with pytest.raises(requests.ConnectionError):
+        requests.get(node.url("/"), timeout=5)
