@@ -74,15 +74,22 @@ def sha(data: bytes) -> str:
 class EhcoProcess:
     """A real ehco process (``python -m ehco_gevent``, the console script's entry point)."""
 
-    def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None):
+    def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None,
+                 nofile: int | None = None):
         self.log_path = tmp_path / f"ehco-{time.monotonic_ns()}.log"
         self.log_file = open(self.log_path, "wb")
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
+        def limit_fds():  # runs in the child: a hard cap the process cannot raise
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "ehco_gevent", *args],
                                      stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=str(tmp_path))
+                                     env=full_env, cwd=str(tmp_path),
+                                     preexec_fn=limit_fds if nofile else None)
 
     @property
     def log(self) -> str:

@@ -229,9 +229,10 @@ def test_reload_interval_picks_up_edits(ehco, echo_server, tmp_path):
     assert roundtrip(p2, b"ticker") == b"ticker"
 
 
-def test_sigterm_exits_zero_and_closes_listener(ehco, echo_server):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_exits_zero_and_closes_listener(ehco, echo_server, sig):
     port, proc = start_relay(ehco, echo_server.port)
-    proc.signal(signal.SIGTERM)
+    proc.signal(sig)
     assert proc.proc.wait(10) == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
@@ -315,3 +316,31 @@ def test_nothing_left_behind_after_connections_end(ehco, echo_server):
     while fds() != before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert fds() == before
+
+
+def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path, echo_server):
+    """EMFILE must neither spin the accept loop nor kill the listener."""
+    from .support import EhcoProcess
+
+    port = free_port()
+    limit = 48
+    proc = EhcoProcess(["-l", f"127.0.0.1:{port}", "-r", f"127.0.0.1:{echo_server.port}"],
+                       tmp_path, nofile=limit)
+    try:
+        wait_port(port)
+        hogs = []
+        for _ in range(limit):  # each relayed connection holds 2 sockets + 4 pipe fds
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            hogs.append(s)
+        proc.wait_log("pausing accepts")
+        assert proc.proc.poll() is None
+        cpu_before = sum(map(int, open(f"/proc/{proc.proc.pid}/stat").read().split()[13:15]))
+        time.sleep(1.0)
+        cpu_after = sum(map(int, open(f"/proc/{proc.proc.pid}/stat").read().split()[13:15]))
+        assert cpu_after - cpu_before < 50  # clock ticks: not spinning on accept
+        for s in hogs:
+            s.close()
+        time.sleep(0.5)
+        assert roundtrip(port, b"recovered", timeout=15) == b"recovered"
+    finally:
+        proc.stop()
