@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ..support import LOOPBACK, EchoServer, free_port, write_config
+from ..support import LOOPBACK, free_port, write_config
 
 SUB_NAME = "sub1"
 
