@@ -82,7 +82,9 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:   start()                     once, after the relays are up
 #:   on_config(cfg)              after every successful reload
 #:   stop()                      at exit
-SERVICE_FACTORIES: list[str] = []
+SERVICE_FACTORIES: list[str] = [
+    "ehco_gevent.proxy.server:create_service",
+]
 
 
 def load_services(app: "App") -> list[Any]:
