@@ -56,6 +56,12 @@ class Context:
                      user.label if user else "-", target, exc or type(exc).__name__)
             return
         dial_ms = (time.monotonic() - started) * 1000
+        self.relay_connected(client, client_addr, host, port, upstream, user, conn_type, dial_ms)
+
+    def relay_connected(self, client, client_addr: str, host: str, port: int, upstream,
+                        user: User | None, conn_type: str = "tcp", dial_ms: float = 0.0) -> None:
+        """Record and pump an already dialed connection until both directions are done."""
+        target = format_target(host, port)
         conn = self.registry.open(self.name, conn_type, client_addr, target, self.name, dial_ms)
         current = gevent.getcurrent()
         conn.closer = lambda: current.kill(block=False)
