@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 
 import gevent
 from gevent import socket
@@ -94,7 +93,7 @@ class AEADStream:
 
     def recv_into(self, buf) -> int:
         while self._off >= len(self._plain):
-            data = self.sock.recv(len(buf) if len(buf) > 16384 else 16384)
+            data = self.sock.recv(max(16384, len(buf)))
             if not data:
                 if self.dec.partial:
                     raise TruncatedStream("EOF inside an AEAD chunk")
@@ -190,7 +189,7 @@ def open_udp_packet(users: list[User], packet: bytes) -> tuple[User, bytes] | No
 class _UDPSession:
     """One client address (and user): an unconnected socket so it can reach many targets."""
 
-    def __init__(self, server: "ShadowsocksUDP", client, user: User):
+    def __init__(self, server: ShadowsocksUDP, client, user: User):
         self.server = server
         self.client = client
         self.user = user

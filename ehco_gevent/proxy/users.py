@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from . import aead
-from .xray_config import Inbound, XrayConfig
+from .xray_config import XrayConfig
 
 log = logging.getLogger("ehco.proxy.users")
 
@@ -244,4 +245,4 @@ def collect() -> list[dict]:
     return STORE.collect()
 
 
-__all__ = ["User", "UserStore", "STORE", "collect", "parse_panel_users", "trojan_hash", "Inbound"]
+__all__ = ["STORE", "User", "UserStore", "collect", "parse_panel_users", "trojan_hash"]

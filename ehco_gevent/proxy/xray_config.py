@@ -69,9 +69,10 @@ class Inbound:
         return self.tag or f"inbound-{self.index}"
 
     @property
-    def listen_key(self) -> tuple[str, str, int]:
-        """What forces a restart when it changes: protocol and listen address."""
-        return (self.protocol, self.listen, self.port)
+    def listen_key(self) -> tuple[str, str, int, bool, bool]:
+        """What forces a restart when it changes: protocol and listen address (and which of
+        tcp/udp are bound there)."""
+        return (self.protocol, self.listen, self.port, self.tcp, self.udp)
 
     @property
     def address(self) -> str:

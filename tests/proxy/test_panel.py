@@ -1,14 +1,13 @@
 """Panel sync against a local panel: users come and go, traffic is POSTed with exact counts."""
 
 import os
-import socket
 import time
 
 import pytest
 
 from tests.proxy.helpers import Panel
 from tests.proxy.test_shadowsocks import assert_silent, raw_ss_connect, read_reply
-from tests.support import LOOPBACK, free_tcp_udp_port, wait_port, write_config
+from tests.support import free_tcp_udp_port, wait_port, write_config
 
 U1 = {"user_id": 1, "method": "aes-128-gcm", "password": "pw-one", "level": 0, "enable": True,
       "upload_traffic": 0, "download_traffic": 0, "protocol": "ss"}

@@ -2,13 +2,17 @@
 
 import os
 import socket
-import time
 
 import pytest
 
 from ehco_gevent.proxy import aead
-from tests.proxy.helpers import (exchange, socks5_connect, socks5_udp_associate, socks5_udp_packet,
-                                 start_ss_local)
+from tests.proxy.helpers import (
+    exchange,
+    socks5_connect,
+    socks5_udp_associate,
+    socks5_udp_packet,
+    start_ss_local,
+)
 from tests.support import LOOPBACK, free_tcp_udp_port, sha, wait_port, write_config
 
 USERS = {"aes-128-gcm": "pw-aes128", "aes-256-gcm": "pw-aes256",
@@ -72,18 +76,30 @@ def raw_ss_connect(port, method, password, target_port, salt=None, first=b"hello
     return s, enc, wire
 
 
+class Reader:
+    """Decrypts what the server sends on one connection, across several reads."""
+
+    def __init__(self, s, method, password):
+        self.s, self.c, self.key = s, aead.CIPHERS[method], aead.master_key(aead.CIPHERS[method], password)
+        self.dec, self.buf = None, b""
+
+    def read(self, n):
+        while len(self.buf) < n:
+            data = self.s.recv(65536)
+            assert data, "EOF before the reply"
+            if self.dec is None:
+                self.buf_salt = getattr(self, "buf_salt", b"") + data
+                if len(self.buf_salt) < self.c.salt_size:
+                    continue
+                self.dec = aead.Decryptor(self.c, self.key, self.buf_salt[:self.c.salt_size])
+                data = self.buf_salt[self.c.salt_size:]
+            self.buf += self.dec.feed(data)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
 def read_reply(s, method, password, n):
-    c = aead.CIPHERS[method]
-    buf = b""
-    while len(buf) < c.salt_size:
-        buf += s.recv(4096)
-    dec = aead.Decryptor(c, aead.master_key(c, password), buf[:c.salt_size])
-    out = dec.feed(buf[c.salt_size:])
-    while len(out) < n:
-        data = s.recv(65536)
-        assert data, "EOF before the reply"
-        out += dec.feed(data)
-    return out
+    return Reader(s, method, password).read(n)
 
 
 def assert_silent(s, wait=1.5):

@@ -9,9 +9,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ehco_gevent.proxy import http_proxy, socks
-from tests.proxy.helpers import (exchange, recv_exact, socks5_connect, socks5_udp_associate,
-                                 socks5_udp_packet)
-from tests.support import LOOPBACK, free_port, require_program, sha, wait_port, write_config
+from tests.proxy.helpers import (
+    exchange,
+    recv_exact,
+    socks5_connect,
+    socks5_udp_associate,
+    socks5_udp_packet,
+)
+from tests.support import (
+    LOOPBACK,
+    free_port,
+    require_program,
+    sha,
+    wait_port,
+    write_config,
+)
 
 BLOB = os.urandom(2 * 1024 * 1024 + 5)
 

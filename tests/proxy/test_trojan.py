@@ -9,10 +9,22 @@ import ssl
 import pytest
 
 from ehco_gevent.proxy import trojan
-from tests.proxy.helpers import (Program, exchange, socks5_connect, socks5_udp_associate,
-                                 socks5_udp_packet)
-from tests.support import (LOOPBACK, EchoServer, free_port, require_program, sha, wait_port,
-                           write_config)
+from tests.proxy.helpers import (
+    Program,
+    exchange,
+    socks5_connect,
+    socks5_udp_associate,
+    socks5_udp_packet,
+)
+from tests.support import (
+    LOOPBACK,
+    EchoServer,
+    free_port,
+    require_program,
+    sha,
+    wait_port,
+    write_config,
+)
 
 PASSWORD = "123456xx"
 
