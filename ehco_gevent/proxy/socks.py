@@ -190,6 +190,12 @@ def _udp_associate(ctx: Context, sock, client: str) -> None:
     state = {"client": None}
 
     def pump_udp() -> None:
+        try:
+            _pump_udp()
+        except OSError as exc:
+            log.debug("proxy %s: %s: socks udp relay ended: %s", ctx.name, client, exc)
+
+    def _pump_udp() -> None:
         while True:
             data, src = relay.recvfrom(65535)
             if src[0] == client_ip and (state["client"] is None or src == state["client"]):

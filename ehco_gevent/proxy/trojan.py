@@ -205,11 +205,15 @@ def _udp(ctx: Context, tls, client: str, user, rest: bytes) -> None:
     user.conns.add(current)
 
     def replies() -> None:
-        while True:
-            data, src = usock.recvfrom(65535)
-            tls.sendall(udp_frame(src[0], src[1], data))
-            conn.add_down(len(data))
-            user.count_down(len(data))
+        try:
+            while True:
+                data, src = usock.recvfrom(65535)
+                tls.sendall(udp_frame(src[0], src[1], data))
+                conn.add_down(len(data))
+                user.count_down(len(data))
+        except OSError as exc:
+            log.debug("proxy %s: %s: trojan udp replies ended: %s", ctx.name, client, exc)
+            current.kill(block=False)
 
     worker = gevent.spawn(replies)
     buf = bytearray(rest)

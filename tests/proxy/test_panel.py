@@ -7,18 +7,21 @@ import pytest
 
 from tests.proxy.helpers import Panel
 from tests.proxy.test_shadowsocks import assert_silent, raw_ss_connect, read_reply
-from tests.support import free_tcp_udp_port, wait_port, write_config
+from tests.proxy.test_trojan import request, tls_connect
+from tests.support import free_port, free_tcp_udp_port, wait_port, write_config
 
 U1 = {"user_id": 1, "method": "aes-128-gcm", "password": "pw-one", "level": 0, "enable": True,
       "upload_traffic": 0, "download_traffic": 0, "protocol": "ss"}
 U2 = {"user_id": 2, "method": "chacha20-ietf-poly1305", "password": "pw-two", "level": 0,
       "enable": True, "upload_traffic": 0, "download_traffic": 0, "protocol": "ss"}
+U3 = {"user_id": 3, "method": "", "password": "trojan-three", "level": 0, "enable": True,
+      "upload_traffic": 0, "download_traffic": 0, "protocol": "trojan"}
 
 
 @pytest.fixture
 def panel():
     p = Panel()
-    p.users = [dict(U1), dict(U2)]
+    p.users = [dict(U1), dict(U2), dict(U3)]
     yield p
     p.close()
 
@@ -26,15 +29,20 @@ def panel():
 @pytest.fixture
 def node(tmp_path, ehco, panel):
     port = free_tcp_udp_port()
+    trojan_port = free_port()
     cfg = {"log_level": "debug", "enable_ping": False, "sync_traffic_endpoint": panel.url,
            "sync_traffic_interval": 1,
            "xray_config": {"inbounds": [
                {"listen": "127.0.0.1", "port": 1, "protocol": "dokodemo-door", "tag": "api"},
                {"listen": "127.0.0.1", "port": port, "protocol": "shadowsocks", "tag": "ss_proxy",
-                "settings": {"clients": [], "network": "tcp,udp"}}]}}
+                "settings": {"clients": [], "network": "tcp,udp"}},
+               {"listen": "127.0.0.1", "port": trojan_port, "protocol": "trojan",
+                "tag": "trojan_proxy", "settings": {"clients": []}}]}}
     proc = ehco("-c", write_config(tmp_path, cfg))
-    proc.wait_log("2 users (2 added")
+    proc.wait_log("3 users (3 added")
     wait_port(port)
+    wait_port(trojan_port)
+    proc.trojan_port = trojan_port
     return proc, port
 
 
@@ -75,7 +83,7 @@ def test_removed_user_is_cut_and_refused(node, panel, echo_server):
     proc, port = node
     s, enc, _ = raw_ss_connect(port, U2["method"], U2["password"], echo_server.port, first=b"hi")
     assert read_reply(s, U2["method"], U2["password"], 2) == b"hi"
-    panel.users = [dict(U1)]
+    panel.users = [dict(U1), dict(U3)]
     proc.wait_log("proxy user 2 removed")
     s.settimeout(10)
     try:
@@ -112,3 +120,17 @@ def test_panel_timeout(node, panel, echo_server):
     proc.wait_log("timed out", timeout=30)
     panel.mode = "ok"
     echo_through(port, U2, echo_server.port, b"after timeout")
+
+
+def test_trojan_user_from_panel(node, panel, echo_server):
+    proc, _ = node
+    payload = os.urandom(50_000)
+    with tls_connect(proc.trojan_port) as s:
+        s.sendall(request(U3["password"], echo_server.port) + payload)
+        got = b""
+        while len(got) < len(payload):
+            d = s.recv(65536)
+            assert d
+            got += d
+    assert got == payload
+    wait_for(lambda: reported(panel, 3) == (100_000, 100_000))
