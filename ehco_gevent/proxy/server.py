@@ -69,9 +69,13 @@ class InboundServer:
         listen = ib.address
         setup = getattr(importlib.import_module(self._handler.__module__), "setup", None)
         tcp_sock = udp_sock = None
-        try:
-            if setup is not None:
+        if setup is not None:
+            try:
                 setup(self.ctx)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError(f"invalid config: {ib.where}: streamSettings.tlsSettings: "
+                                  f"cannot load the certificate: {exc}") from None
+        try:
             if ib.tcp:
                 tcp_sock = bind_socket(listen, _stdsocket.SOCK_STREAM, what)
             if ib.udp and ib.protocol == "shadowsocks":
@@ -139,7 +143,10 @@ class ProxyService:
         cfg = self.app.config
         xray = parse_for(cfg)
         if xray is not None:
-            self._apply(xray, starting=True)
+            try:
+                self._apply(xray, starting=True)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace("invalid config:", f"invalid config {cfg.path}:", 1)) from None
         self._sync_panel(cfg)
 
     def on_config(self, cfg: Config) -> None:
@@ -174,10 +181,10 @@ class ProxyService:
             server = InboundServer(ib, self.store, self.app.registry)
             try:
                 server.start()
-            except ListenError:
+            except (ListenError, ConfigError) as exc:
                 if starting:
                     raise
-                log.error("proxy %s: cannot start, skipped", ib.where, exc_info=False)
+                log.error("proxy %s: cannot start, skipped: %s", ib.where, exc)
                 continue
             self.servers[key] = server
         self._apply_child(xray)

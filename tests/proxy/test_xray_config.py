@@ -75,3 +75,15 @@ def test_unservable_protocol_exits_2(tmp_path, ehco):
     log = proc.log
     assert "'vmess' is not served natively" in log and str(path) in log
     assert "Traceback" not in log
+
+
+def test_missing_certificate_file_exits_2(tmp_path, ehco):
+    cfg = {"enable_ping": False, "xray_config": {"inbounds": [
+        {"listen": "127.0.0.1", "port": free_port(), "protocol": "trojan", "tag": "trojan_proxy",
+         "settings": {"clients": [{"password": "x"}]},
+         "streamSettings": {"security": "tls", "tlsSettings": {"certificates": [
+             {"certificateFile": str(tmp_path / "nope.pem"), "keyFile": str(tmp_path / "nope.key")}]}}}]}}
+    proc = ehco("-c", write_config(tmp_path, cfg))
+    assert proc.proc.wait(30) == 2
+    assert "inbounds[0] (tag 'trojan_proxy'): streamSettings.tlsSettings" in proc.log
+    assert "Traceback" not in proc.log
