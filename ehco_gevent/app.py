@@ -84,6 +84,7 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:   stop()                      at exit
 SERVICE_FACTORIES: list[str] = [
     "ehco_gevent.web:create_service",
+    "ehco_gevent.proxy.server:create_service",
 ]
 
 

@@ -1,0 +1,116 @@
+"""What every native inbound shares once a client is authenticated and has named its target:
+dial it (outbound ``freedom``: direct TCP), record the connection, count the user's bytes,
+pump, and clean up. Also the "say nothing" treatment of a client that fails authentication.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+from gevent import socket
+
+from ..connections import ConnectionRegistry
+from ..pump import pump
+from ..streams import SocketStream
+from ..transports.raw import dial_tcp
+from .addr import format_target
+from .users import User, UserStore
+from .xray_config import Inbound
+
+log = logging.getLogger("ehco.proxy")
+
+#: seconds a handshake may take before the client is dropped
+HANDSHAKE_TIMEOUT = 30.0
+#: a client that failed authentication is read (and ignored) this long before we close, so a
+#: prober learns nothing from the timing or from an answer
+DRAIN_SECONDS = 15.0
+
+
+class Context:
+    """One running inbound's view of the process: its config, the users, the registry."""
+
+    def __init__(self, inbound: Inbound, store: UserStore, registry: ConnectionRegistry):
+        self.inbound = inbound
+        self.store = store
+        self.registry = registry
+
+    @property
+    def name(self) -> str:
+        return self.inbound.name
+
+    def relay(self, client, client_addr: str, host: str, port: int, user: User | None,
+              conn_type: str = "tcp") -> None:
+        """Dial ``host:port`` directly and pump ``client`` (a stream) to it until done."""
+        target = format_target(host, port)
+        if user is not None and not self.store.is_current(user):
+            client.close()  # removed while its handshake was under way
+            return
+        started = time.monotonic()
+        try:
+            upstream = SocketStream(dial_tcp(host, port))
+        except Exception as exc:
+            client.close()
+            log.info("proxy %s: %s (user %s) dial %s failed: %s", self.name, client_addr,
+                     user.label if user else "-", target, exc or type(exc).__name__)
+            return
+        dial_ms = (time.monotonic() - started) * 1000
+        self.relay_connected(client, client_addr, host, port, upstream, user, conn_type, dial_ms)
+
+    def relay_connected(self, client, client_addr: str, host: str, port: int, upstream,
+                        user: User | None, conn_type: str = "tcp", dial_ms: float = 0.0) -> None:
+        """Record and pump an already dialed connection until both directions are done."""
+        target = format_target(host, port)
+        conn = self.registry.open(self.name, conn_type, client_addr, target, self.name, dial_ms)
+        current = gevent.getcurrent()
+        conn.closer = lambda: current.kill(block=False)
+        if user is not None:
+            user.conns.add(current)
+            user.ips.add(client_addr.rsplit(":", 1)[0].strip("[]"))
+            up, down = conn.add_up, conn.add_down
+
+            def count_up(n: int) -> None:
+                up(n)
+                user.count_up(n)
+
+            def count_down(n: int) -> None:
+                down(n)
+                user.count_down(n)
+        else:
+            count_up, count_down = conn.add_up, conn.add_down
+        log.debug("proxy %s: %s (user %s) -> %s connected in %.1f ms", self.name, client_addr,
+                  user.label if user else "-", target, dial_ms)
+        try:
+            pump(client, upstream, count_up, count_down)
+        finally:
+            if user is not None:
+                user.conns.discard(current)
+            self.registry.close(conn)
+            log.debug("proxy %s: %s -> %s closed, up %d down %d bytes", self.name, client_addr,
+                      target, conn.up_bytes, conn.down_bytes)
+
+
+def drain(sock: socket.socket, seconds: float | None = None) -> None:
+    """Read and discard until the peer closes or ``seconds`` pass; never answer."""
+    deadline = time.monotonic() + (DRAIN_SECONDS if seconds is None else seconds)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return
+    except (OSError, socket.timeout):
+        return
+
+
+def recv_at_least(sock: socket.socket, buf: bytearray, n: int) -> bool:
+    """Grow ``buf`` to at least n bytes; False on EOF first."""
+    while len(buf) < n:
+        data = sock.recv(65536)
+        if not data:
+            return False
+        buf += data
+    return True

@@ -1,0 +1,155 @@
+"""trojan inbound against the Debian `trojan` client, the fallback, and its parsers."""
+
+import hashlib
+import json
+import os
+import socket
+import ssl
+
+import pytest
+
+from ehco_gevent.proxy import trojan
+from tests.proxy.helpers import (
+    Program,
+    exchange,
+    socks5_connect,
+    socks5_udp_associate,
+    socks5_udp_packet,
+)
+from tests.support import (
+    LOOPBACK,
+    EchoServer,
+    free_port,
+    require_program,
+    sha,
+    wait_port,
+    write_config,
+)
+
+PASSWORD = "123456xx"
+
+
+@pytest.fixture
+def node(tmp_path, ehco):
+    fallback = EchoServer()
+    ports = {"fb": free_port(), "plain": free_port()}
+    cfg = {"log_level": "debug", "enable_ping": False, "xray_config": {"inbounds": [
+        {"listen": "127.0.0.1", "port": ports["fb"], "protocol": "trojan", "tag": "trojan_proxy",
+         "settings": {"clients": [{"password": PASSWORD, "email": "1.com"}], "network": "tcp,udp",
+                      "fallbacks": [{"dest": f"127.0.0.1:{fallback.port}"}]},
+         "streamSettings": {"network": "tcp", "security": "tls",
+                            "tlsSettings": {"alpn": ["http/1.1"]}}},
+        {"listen": "127.0.0.1", "port": ports["plain"], "protocol": "trojan", "tag": "t2",
+         "settings": {"clients": [{"password": "other"}]}},
+    ], "outbounds": [{"protocol": "freedom"}]}}
+    proc = ehco("-c", write_config(tmp_path, cfg))
+    for p in ports.values():
+        wait_port(p)
+    yield proc, ports
+    fallback.close()
+
+
+def tls_connect(port):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection((LOOPBACK, port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="ehco")
+
+
+def request(password, port, cmd=1):
+    h = hashlib.sha224(password.encode()).hexdigest().encode()
+    return h + b"\r\n" + bytes([cmd]) + b"\x01" + socket.inet_aton(LOOPBACK) + port.to_bytes(2, "big") + b"\r\n"
+
+
+def read_all(s):
+    out = b""
+    while True:
+        try:
+            d = s.recv(65536)
+        except (ssl.SSLError, ConnectionResetError):
+            break
+        if not d:
+            break
+        out += d
+    return out
+
+
+@pytest.mark.interop
+def test_trojan_client_tcp_and_udp(tmp_path, node, echo_server, udp_echo_server):
+    exe = require_program("trojan", "trojan")
+    proc, ports = node
+    local = free_port()
+    client_cfg = {"run_type": "client", "local_addr": LOOPBACK, "local_port": local,
+                  "remote_addr": LOOPBACK, "remote_port": ports["fb"], "password": [PASSWORD],
+                  "log_level": 1, "ssl": {"verify": False, "verify_hostname": False, "sni": "ehco",
+                                          "alpn": ["http/1.1"]}}
+    path = tmp_path / "trojan-client.json"
+    path.write_text(json.dumps(client_cfg))
+    client = Program([exe, "-c", str(path)], tmp_path / "trojan-client.log")
+    try:
+        wait_port(local)
+        payload = os.urandom(2 * 1024 * 1024 + 3)
+        with socks5_connect(local, LOOPBACK, echo_server.port) as s:
+            assert sha(exchange(s, payload, half_close=False)) == sha(payload)
+        ctl, relay = socks5_udp_associate(local)
+        with ctl, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(10)
+            for size in (1, 1400, 5000):
+                data = os.urandom(size)
+                u.sendto(socks5_udp_packet(LOOPBACK, udp_echo_server.port, data), relay)
+                reply, _ = u.recvfrom(65535)
+                assert reply[10:] == data
+    finally:
+        client.stop()
+
+
+def test_raw_client_connect_and_wrong_password_fallback(node, echo_server):
+    proc, ports = node
+    with tls_connect(ports["fb"]) as s:
+        s.sendall(request(PASSWORD, echo_server.port) + b"hello")
+        got = b""
+        while len(got) < 5:
+            got += s.recv(100)
+        assert got == b"hello"
+    # wrong password: every byte goes to the fallback (an echo server), byte for byte
+    wrong = request("wrong", echo_server.port) + b"payload after"
+    with tls_connect(ports["fb"]) as s:
+        s.sendall(wrong)
+        got = b""
+        while len(got) < len(wrong):
+            d = s.recv(4096)
+            assert d
+            got += d
+        assert got == wrong
+    # a browser-like request to the inbound without fallback: the index text
+    with tls_connect(ports["plain"]) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = read_all(s)
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"access from remote ip: 127.0.0.1:" in out
+    # junk before TLS: closed, process fine
+    with socket.create_connection((LOOPBACK, ports["fb"]), timeout=10) as j:
+        j.sendall(os.urandom(200))
+        j.settimeout(10)
+        try:
+            j.recv(100)
+        except ConnectionResetError:
+            pass
+    assert proc.proc.poll() is None
+
+
+def test_parsers():
+    req = request("pw", 80)
+    assert trojan.split_auth(req[:57]) is None
+    assert trojan.split_auth(req) == hashlib.sha224(b"pw").hexdigest().encode()
+    with pytest.raises(trojan.TrojanError):
+        trojan.split_auth(b"G" * 60)
+    with pytest.raises(trojan.TrojanError):
+        trojan.split_auth(b"GET / HTTP/1.1\r\n")
+    assert trojan.parse_request(req[:-1]) is None
+    assert trojan.parse_request(req + b"x") == (1, "127.0.0.1", 80, len(req))
+    with pytest.raises(trojan.TrojanError):
+        trojan.parse_request(req[:58] + b"\x09" + req[59:])
+    frame = trojan.udp_frame("example.com", 53, b"abc")
+    assert trojan.parse_udp_frame(frame[:-1]) is None
+    assert trojan.parse_udp_frame(frame + b"z") == ("example.com", 53, b"abc", len(frame))
