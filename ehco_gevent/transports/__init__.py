@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from ..config import RelayConfig
+from .mtcp import MTCPDialer, MTCPInbound
 from .raw import RawDialer, RawInbound
 
 
@@ -28,8 +29,8 @@ class Dialer(Protocol):
     def close(self) -> None: ...
 
 
-INBOUNDS: dict[str, Callable[[RelayConfig], Inbound]] = {"raw": RawInbound}
-DIALERS: dict[str, Callable[[RelayConfig], Dialer]] = {"raw": RawDialer}
+INBOUNDS: dict[str, Callable[[RelayConfig], Inbound]] = {"raw": RawInbound, "mtcp": MTCPInbound}
+DIALERS: dict[str, Callable[[RelayConfig], Dialer]] = {"raw": RawDialer, "mtcp": MTCPDialer}
 
 
 class UnsupportedTransport(Exception):

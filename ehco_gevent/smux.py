@@ -1,0 +1,399 @@
+"""smux v1, the stream multiplexer under ehco's mtcp and mwss tunnels (xtaci/smux on the Go side).
+
+Wire format: an 8-byte header ``version(1)=1, cmd(1), length(uint16 LE), stream id(uint32 LE)``;
+only PSH frames carry ``length`` payload bytes (SYN, FIN and NOP carry none, whatever their
+length field says, as the Go reader does). The codec is plain functions over bytes
+(:func:`encode_frame`, :class:`FrameDecoder`); :class:`Session` is the one place that owns a
+connection: a reader greenlet decodes frames into per-stream buffers, writers take a lock so
+frames never interleave.
+
+Why the limits look the way they do:
+
+* Flow control in v1 is session-wide: the Go receiver stops reading the socket once 4 MiB sit
+  unread in its streams. We do the same (``max_buffer``), so one slow consumer stalls its
+  session rather than growing memory.
+* Go blocks its reader while its accept queue is full; a peer that opens thousands of streams
+  would make us dial thousands of remotes. A session here holds at most ``max_streams`` open
+  streams; a SYN beyond that is answered with FIN (the peer's stream reads EOF at once).
+* A peer that sends half a frame and then goes quiet would park the reader forever: a partial
+  frame must complete within ``stall_timeout``.
+* Half-close: ``shutdown_write`` sends FIN but keeps delivering what arrives afterwards until the
+  peer's FIN; a Go stream keeps writing after it received FIN, so this interoperates.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections import deque
+from typing import Callable
+
+import gevent
+from gevent.event import Event
+from gevent.lock import Semaphore
+from gevent.pool import Group
+from gevent.queue import Queue
+
+log = logging.getLogger("ehco.smux")
+
+VERSION = 1
+SYN, FIN, PSH, NOP = 0, 1, 2, 3
+HEADER = struct.Struct("<BBHI")
+HEADER_SIZE = HEADER.size
+#: what Go sends per frame (its MaxFrameSize); we accept any uint16 length
+SEND_FRAME = 32768
+MAX_BUFFER = 4 * 1024 * 1024
+MAX_STREAMS = 1024
+STALL_TIMEOUT = 30.0
+READ_CHUNK = 256 * 1024
+
+
+class SmuxError(Exception):
+    """The peer broke the protocol; the session must close."""
+
+
+def encode_frame(cmd: int, sid: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(VERSION, cmd, len(payload), sid) + payload
+
+
+def encode_data(sid: int, data) -> bytes:
+    """PSH frames for ``data``, split at :data:`SEND_FRAME`, joined for one write."""
+    view = memoryview(data)
+    if len(view) <= SEND_FRAME:
+        return HEADER.pack(VERSION, PSH, len(view), sid) + view
+    parts = []
+    for start in range(0, len(view), SEND_FRAME):
+        piece = view[start:start + SEND_FRAME]
+        parts.append(HEADER.pack(VERSION, PSH, len(piece), sid))
+        parts.append(piece)
+    return b"".join(parts)
+
+
+class FrameDecoder:
+    """Bytes in, ``(cmd, sid, payload)`` frames out; raises SmuxError on a bad header."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    @property
+    def partial(self) -> bool:
+        """True while part of a frame is buffered (more bytes are owed)."""
+        return bool(self._buf)
+
+    def feed(self, data) -> list[tuple[int, int, bytes]]:
+        buf = self._buf
+        buf += data
+        frames = []
+        pos = 0
+        end = len(buf)
+        unpack = HEADER.unpack_from
+        while end - pos >= HEADER_SIZE:
+            version, cmd, length, sid = unpack(buf, pos)
+            if version != VERSION:
+                raise SmuxError(f"unknown smux version {version}")
+            if cmd == PSH:
+                if end - pos - HEADER_SIZE < length:
+                    break
+                start = pos + HEADER_SIZE
+                frames.append((cmd, sid, bytes(buf[start:start + length])))
+                pos = start + length
+            elif cmd in (SYN, FIN, NOP):
+                frames.append((cmd, sid, b""))
+                pos += HEADER_SIZE
+            else:
+                raise SmuxError(f"unknown smux command {cmd}")
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+class SmuxStream:
+    """One multiplexed stream, with the stream interface of :mod:`ehco_gevent.streams`."""
+
+    splice_socket = None
+
+    def __init__(self, session: "Session", sid: int):
+        self.session = session
+        self.sid = sid
+        self._chunks: deque[memoryview] = deque()
+        self._readable = Event()
+        self.remote_fin = False
+        self.local_fin = False
+        self.closed = False
+
+    # -- fed by the session's reader -------------------------------------------------------
+    def _push(self, data: bytes) -> None:
+        self._chunks.append(memoryview(data))
+        self._readable.set()
+
+    def _fin(self) -> None:
+        self.remote_fin = True
+        self._readable.set()
+
+    # -- the stream interface ----------------------------------------------------------------
+    def take_pending(self) -> bytes:
+        return b""
+
+    def recv_into(self, buf) -> int:
+        while not self._chunks:
+            if self.remote_fin or self.closed or self.session.closed:
+                return 0
+            self._readable.clear()
+            self._readable.wait()
+        head = self._chunks[0]
+        n = min(len(buf), len(head))
+        buf[:n] = head[:n]
+        if n == len(head):
+            self._chunks.popleft()
+        else:
+            self._chunks[0] = head[n:]
+        self.session._consumed(n)
+        return n
+
+    def recv(self, size: int) -> bytes:
+        buf = bytearray(size)
+        n = self.recv_into(buf)
+        return bytes(buf[:n])
+
+    def sendall(self, data) -> None:
+        if self.closed or self.local_fin:
+            raise BrokenPipeError("smux stream is closed for writing")
+        if len(data):
+            self.session._write(encode_data(self.sid, data))
+
+    def shutdown_write(self) -> None:
+        if not self.local_fin and not self.closed:
+            self.local_fin = True
+            try:
+                self.session._write(encode_frame(FIN, self.sid))
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if not self.local_fin:
+            self.shutdown_write()
+        self.closed = True
+        self._readable.set()
+        self.session._forget(self)
+
+    def __repr__(self) -> str:
+        return f"<SmuxStream {self.sid}>"
+
+
+class Session:
+    """One smux session over one connection (any object with the stream interface)."""
+
+    def __init__(self, conn, client: bool, max_buffer: int = MAX_BUFFER,
+                 max_streams: int = MAX_STREAMS, stall_timeout: float = STALL_TIMEOUT):
+        self.conn = conn
+        self.client = client
+        self.max_buffer = max_buffer
+        self.max_streams = max_streams
+        self.stall_timeout = stall_timeout
+        self.streams: dict[int, SmuxStream] = {}
+        self._next_id = 1 if client else 0
+        self._accepts: Queue = Queue()
+        self._buffered = 0
+        self._space = Event()
+        self._space.set()
+        self._write_lock = Semaphore()
+        self.closed = False
+        self.created_at = time.monotonic()
+        self._reader = gevent.spawn(self._recv_loop)
+
+    @property
+    def num_streams(self) -> int:
+        return len(self.streams)
+
+    # -- opening and accepting ---------------------------------------------------------------
+    def open_stream(self) -> SmuxStream:
+        if self.closed:
+            raise BrokenPipeError("smux session is closed")
+        self._next_id += 2
+        stream = SmuxStream(self, self._next_id)
+        self.streams[stream.sid] = stream
+        try:
+            self._write(encode_frame(SYN, stream.sid))
+        except OSError:
+            self.streams.pop(stream.sid, None)
+            raise
+        return stream
+
+    def accept_stream(self) -> SmuxStream | None:
+        """The next stream the peer opened, or None once the session is closed."""
+        return self._accepts.get()
+
+    # -- reading -------------------------------------------------------------------------------
+    def _recv_loop(self) -> None:
+        decoder = FrameDecoder()
+        chunk = bytearray(READ_CHUNK)
+        view = memoryview(chunk)
+        try:
+            while True:
+                if self._buffered >= self.max_buffer:
+                    self._space.wait()
+                    if self.closed:
+                        return
+                if decoder.partial:
+                    with gevent.Timeout(self.stall_timeout, SmuxError("truncated frame: peer stalled")):
+                        n = self.conn.recv_into(chunk)
+                else:
+                    n = self.conn.recv_into(chunk)
+                if not n:
+                    if decoder.partial:
+                        log.debug("smux session %r: connection ended inside a frame", self)
+                    return
+                for cmd, sid, payload in decoder.feed(view[:n]):
+                    self._dispatch(cmd, sid, payload)
+        except SmuxError as exc:
+            log.debug("smux session %r: protocol error: %s", self, exc)
+        except OSError as exc:
+            log.debug("smux session %r: read failed: %s", self, exc)
+        finally:
+            self._reader = None
+            self.close()
+
+    def _dispatch(self, cmd: int, sid: int, payload: bytes) -> None:
+        if cmd == PSH:
+            stream = self.streams.get(sid)
+            if stream is not None and payload and not stream.closed:
+                stream._push(payload)
+                self._buffered += len(payload)
+                if self._buffered >= self.max_buffer:
+                    self._space.clear()
+        elif cmd == SYN:
+            if sid in self.streams or self.client:
+                return
+            if len(self.streams) >= self.max_streams:
+                log.debug("smux session %r: refusing stream %d, %d open", self, sid,
+                          len(self.streams))
+                self._write(encode_frame(FIN, sid))
+                return
+            stream = SmuxStream(self, sid)
+            self.streams[sid] = stream
+            self._accepts.put(stream)
+        elif cmd == FIN:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                stream._fin()
+        # NOP: nothing to do
+
+    def _consumed(self, n: int) -> None:
+        self._buffered -= n
+        if self._buffered < self.max_buffer:
+            self._space.set()
+
+    # -- writing -------------------------------------------------------------------------------
+    def _write(self, data) -> None:
+        if self.closed:
+            raise BrokenPipeError("smux session is closed")
+        with self._write_lock:
+            self.conn.sendall(data)
+
+    def _forget(self, stream: SmuxStream) -> None:
+        if self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
+        unread = sum(len(c) for c in stream._chunks)
+        stream._chunks.clear()
+        if unread:
+            self._consumed(unread)
+
+    # -- closing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._space.set()
+        for stream in list(self.streams.values()):
+            stream._readable.set()
+        self._accepts.put(None)
+        reader = self._reader
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        side = "client" if self.client else "server"
+        return f"<smux {side} session streams={len(self.streams)}>"
+
+
+def serve_session(conn, on_stream: Callable[[SmuxStream], None]) -> None:
+    """Server side: run ``on_stream`` in a greenlet per stream the peer opens, until the
+    session ends; then end every stream's greenlet too."""
+    session = Session(conn, client=False)
+    group = Group()
+
+    def run(stream: SmuxStream) -> None:
+        try:
+            on_stream(stream)
+        finally:
+            stream.close()
+
+    try:
+        while True:
+            stream = session.accept_stream()
+            if stream is None:
+                break
+            group.spawn(run, stream)
+        group.join()
+    finally:
+        session.close()
+        group.kill(block=True, timeout=5)
+
+
+class SessionPool:
+    """ehco's client pool: per remote, reuse a session while it has fewer than
+    ``max_streams`` open streams and is younger than ``max_age``; every ``gc_interval`` close
+    sessions that can serve no new stream and have no live stream left."""
+
+    def __init__(self, dial: Callable[[str], object], max_streams: int = 5,
+                 max_age: float = 600.0, gc_interval: float = 30.0):
+        self.dial = dial
+        self.max_streams = max_streams
+        self.max_age = max_age
+        self.sessions: dict[str, list[Session]] = {}
+        self._gc = gevent.spawn(self._gc_loop, gc_interval)
+
+    def _usable(self, session: Session) -> bool:
+        return (not session.closed and session.num_streams < self.max_streams
+                and time.monotonic() - session.created_at < self.max_age)
+
+    def open_stream(self, remote: str) -> SmuxStream:
+        sessions = self.sessions.setdefault(remote, [])
+        for session in sessions:
+            if self._usable(session):
+                try:
+                    return session.open_stream()
+                except OSError:
+                    continue
+        session = Session(self.dial(remote), client=True)
+        sessions.append(session)
+        log.debug("smux pool: new session to %s (%d now)", remote, len(sessions))
+        return session.open_stream()
+
+    def collect(self) -> None:
+        for remote, sessions in list(self.sessions.items()):
+            for session in list(sessions):
+                if session.closed or (not self._usable(session) and session.num_streams == 0):
+                    session.close()
+                    sessions.remove(session)
+            if not sessions:
+                del self.sessions[remote]
+
+    def _gc_loop(self, interval: float) -> None:
+        while True:
+            gevent.sleep(interval)
+            self.collect()
+
+    def close(self) -> None:
+        self._gc.kill(block=False)
+        for sessions in self.sessions.values():
+            for session in sessions:
+                session.close()
+        self.sessions.clear()
