@@ -82,30 +82,34 @@ class FrameDecoder:
         return bool(self._buf)
 
     def feed(self, data) -> list[tuple[int, int, bytes]]:
+        return list(self.iter_feed(data))
+
+    def iter_feed(self, data):
+        """Frames one by one, so those before a bad header are still handled (as the Go
+        reader, which works frame by frame), then SmuxError."""
         buf = self._buf
         buf += data
-        frames = []
         pos = 0
-        end = len(buf)
         unpack = HEADER.unpack_from
-        while end - pos >= HEADER_SIZE:
-            version, cmd, length, sid = unpack(buf, pos)
-            if version != VERSION:
-                raise SmuxError(f"unknown smux version {version}")
-            if cmd == PSH:
-                if end - pos - HEADER_SIZE < length:
-                    break
-                start = pos + HEADER_SIZE
-                frames.append((cmd, sid, bytes(buf[start:start + length])))
-                pos = start + length
-            elif cmd in (SYN, FIN, NOP):
-                frames.append((cmd, sid, b""))
-                pos += HEADER_SIZE
-            else:
-                raise SmuxError(f"unknown smux command {cmd}")
-        if pos:
-            del buf[:pos]
-        return frames
+        try:
+            while len(buf) - pos >= HEADER_SIZE:
+                version, cmd, length, sid = unpack(buf, pos)
+                if version != VERSION:
+                    raise SmuxError(f"unknown smux version {version}")
+                if cmd == PSH:
+                    if len(buf) - pos - HEADER_SIZE < length:
+                        break
+                    start = pos + HEADER_SIZE
+                    pos = start + length
+                    yield cmd, sid, bytes(buf[start:pos])
+                elif cmd in (SYN, FIN, NOP):
+                    pos += HEADER_SIZE
+                    yield cmd, sid, b""
+                else:
+                    raise SmuxError(f"unknown smux command {cmd}")
+        finally:
+            if pos:
+                del buf[:pos]
 
 
 class SmuxStream:
@@ -246,7 +250,7 @@ class Session:
                     if decoder.partial:
                         log.debug("smux session %r: connection ended inside a frame", self)
                     return
-                for cmd, sid, payload in decoder.feed(view[:n]):
+                for cmd, sid, payload in decoder.iter_feed(view[:n]):
                     self._dispatch(cmd, sid, payload)
         except SmuxError as exc:
             log.debug("smux session %r: protocol error: %s", self, exc)

@@ -1,0 +1,242 @@
+"""smux v1: the codec as pure functions (fuzzed), sessions in-process on real loopback TCP."""
+
+import os
+import struct
+
+import gevent
+import pytest
+from gevent import socket
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ehco_gevent.smux import (FIN, NOP, PSH, SEND_FRAME, SYN, FrameDecoder, Session,
+                              SessionPool, SmuxError, encode_data, encode_frame, serve_session)
+from ehco_gevent.streams import SocketStream
+
+
+# -- codec ---------------------------------------------------------------------------------------
+def test_header_layout_is_little_endian():
+    assert encode_frame(PSH, 0x01020304, b"ab") == bytes([1, 2, 2, 0, 4, 3, 2, 1]) + b"ab"
+    assert encode_frame(SYN, 3) == bytes([1, 0, 0, 0, 3, 0, 0, 0])
+
+
+def test_large_data_is_split_at_go_frame_size():
+    data = os.urandom(SEND_FRAME * 2 + 5)
+    frames = FrameDecoder().feed(encode_data(7, data))
+    assert [len(p) for _, _, p in frames] == [SEND_FRAME, SEND_FRAME, 5]
+    assert b"".join(p for _, _, p in frames) == data and {s for _, s, _ in frames} == {7}
+
+
+def test_non_psh_frames_carry_no_payload_whatever_their_length_says():
+    # Go reads the payload of PSH only; a SYN claiming 5 bytes is followed by the next header
+    raw = struct.pack("<BBHI", 1, SYN, 5, 3) + encode_frame(PSH, 3, b"hi")
+    assert FrameDecoder().feed(raw) == [(SYN, 3, b""), (PSH, 3, b"hi")]
+
+
+@pytest.mark.parametrize("raw, message", [
+    (struct.pack("<BBHI", 2, PSH, 0, 3), "version"),
+    (struct.pack("<BBHI", 1, 9, 0, 3), "command"),
+])
+def test_bad_headers_are_protocol_errors(raw, message):
+    with pytest.raises(SmuxError, match=message):
+        FrameDecoder().feed(raw)
+
+
+frames_strategy = st.lists(st.tuples(
+    st.sampled_from([SYN, FIN, PSH, NOP]), st.integers(0, 2**32 - 1), st.binary(max_size=300)),
+    max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_strategy, st.lists(st.integers(1, 400), max_size=30))
+def test_round_trip_through_any_split(frames, cuts):
+    wire = b"".join(encode_frame(c, s, p if c == PSH else b"") for c, s, p in frames)
+    decoder, out, pos = FrameDecoder(), [], 0
+    for cut in cuts + [len(wire)]:
+        out += decoder.feed(wire[pos:pos + cut])
+        pos += cut
+    out += decoder.feed(wire[pos:])
+    assert out == [(c, s, p if c == PSH else b"") for c, s, p in frames]
+    assert not decoder.partial
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_only_ever_raises_smux_error(data):
+    try:
+        FrameDecoder().feed(data)
+    except SmuxError:
+        pass
+
+
+# -- sessions ------------------------------------------------------------------------------------
+def tcp_pair():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    return client, server
+
+
+def read_all(stream):
+    out = bytearray()
+    buf = bytearray(65536)
+    while n := stream.recv_into(buf):
+        out += buf[:n]
+    return bytes(out)
+
+
+def echo_handler(stream):
+    data = read_all(stream)
+    stream.sendall(data)
+    stream.shutdown_write()
+
+
+@pytest.fixture
+def echo_session():
+    """A client Session whose server side echoes each stream (after the client's FIN)."""
+    a, b = tcp_pair()
+    server = gevent.spawn(serve_session, SocketStream(b), echo_handler)
+    client = Session(SocketStream(a), client=True)
+    yield client
+    client.close()
+    server.join(timeout=5)
+    assert server.dead
+
+
+def test_many_streams_and_ids(echo_session):
+    payloads = [os.urandom(i * 1000 + 1) for i in range(30)]
+
+    def one(data):
+        stream = echo_session.open_stream()
+        stream.sendall(data)
+        stream.shutdown_write()  # half-close; the answer still arrives
+        back = read_all(stream)
+        stream.close()
+        return stream.sid, back == data
+
+    results = [g.get() for g in [gevent.spawn(one, p) for p in payloads]]
+    assert all(ok for _, ok in results)
+    assert sorted(sid for sid, _ in results) == list(range(3, 3 + 2 * 30, 2))  # odd, from 3
+
+
+def test_big_payload_both_ways(echo_session):
+    data = os.urandom(8 * 1024 * 1024)  # more than the 4 MiB session buffer
+    stream = echo_session.open_stream()
+    writer = gevent.spawn(lambda: (stream.sendall(data), stream.shutdown_write()))
+    assert read_all(stream) == data
+    writer.get(timeout=30)
+
+
+def raw_peer():
+    """A Session on one side, a raw socket we write frames into on the other."""
+    a, b = tcp_pair()
+    session = Session(SocketStream(b), client=False, stall_timeout=0.5, max_streams=16)
+    return session, a
+
+
+def test_unknown_command_closes_session():
+    session, peer = raw_peer()
+    peer.sendall(encode_frame(SYN, 3) + struct.pack("<BBHI", 1, 7, 0, 3))
+    stream = session.accept_stream()
+    assert stream is not None
+    gevent.sleep(0.1)
+    assert session.closed and stream.recv_into(bytearray(10)) == 0
+    assert peer.recv(10) == b""  # the connection is closed too
+
+
+def test_frame_longer_than_its_data_closes_without_hanging():
+    session, peer = raw_peer()
+    peer.sendall(encode_frame(SYN, 3) + struct.pack("<BBHI", 1, PSH, 1000, 3) + b"only ten b")
+    stream = session.accept_stream()
+    with gevent.Timeout(5):
+        assert stream.recv_into(bytearray(10)) == 0  # session closed after the stall timeout
+    assert session.closed
+
+
+def test_data_for_unknown_stream_is_dropped_and_fin_delivers_eof():
+    session, peer = raw_peer()
+    peer.sendall(encode_frame(PSH, 99, b"nobody") + encode_frame(SYN, 3)
+                 + encode_frame(PSH, 3, b"hello") + encode_frame(FIN, 3) + encode_frame(NOP, 0))
+    stream = session.accept_stream()
+    assert read_all(stream) == b"hello"
+    stream.sendall(b"still writable after the peer's FIN")
+    stream.close()
+    peer.settimeout(5)
+    got = b""
+    while len(got) < 8 + 35 + 8:
+        got += peer.recv(4096)
+    assert FrameDecoder().feed(got) == [(PSH, 3, b"still writable after the peer's FIN"),
+                                        (FIN, 3, b"")]
+    session.close()
+
+
+def test_ten_thousand_syns_are_bounded():
+    session, peer = raw_peer()
+    peer.sendall(b"".join(encode_frame(SYN, 3 + 2 * i) for i in range(10_000)))
+    refused = bytearray()
+    peer.settimeout(5)
+    while len(refused) < (10_000 - 16) * 8:
+        refused += peer.recv(65536)
+    frames = FrameDecoder().feed(refused)
+    assert len(frames) == 10_000 - 16 and {c for c, _, _ in frames} == {FIN}
+    assert session.num_streams == 16 and not session.closed
+    session.close()
+
+
+def test_slow_consumer_stops_reading_at_the_buffer_limit():
+    a, b = tcp_pair()
+    session = Session(SocketStream(b), client=False, max_buffer=256 * 1024)
+    a.sendall(encode_frame(SYN, 3))
+    stream = session.accept_stream()
+    data = os.urandom(48 * 1024 * 1024)  # more than the kernel's socket buffers hold
+    writer = gevent.spawn(a.sendall, encode_data(3, data))
+    gevent.sleep(0.5)
+    assert not writer.dead  # the peer is blocked: we stopped reading the socket
+    assert session._buffered <= 256 * 1024 + 32768  # at most one frame over the limit
+    got = bytearray()
+    buf = bytearray(65536)
+    while len(got) < len(data):
+        got += buf[:stream.recv_into(buf)]
+    assert bytes(got) == data
+    writer.get(timeout=10)
+    session.close()
+
+
+def test_pool_reuses_a_session_for_five_streams():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    servers = []
+
+    def accept_loop():
+        while True:
+            sock, _ = listener.accept()
+            servers.append(gevent.spawn(serve_session, SocketStream(sock), echo_handler))
+
+    acceptor = gevent.spawn(accept_loop)
+    dials = []
+
+    def dial(remote):
+        dials.append(remote)
+        return SocketStream(socket.create_connection(listener.getsockname()))
+
+    pool = SessionPool(dial, gc_interval=3600)
+    streams = [pool.open_stream("r") for _ in range(12)]
+    assert len(dials) == 3  # 5 + 5 + 2
+    for i, stream in enumerate(streams):
+        stream.sendall(b"%d" % i)
+        stream.shutdown_write()
+        assert read_all(stream) == b"%d" % i
+        stream.close()
+    pool.open_stream("r").close()  # streams closed: the first session serves again
+    assert len(dials) == 3
+    pool.max_age = 0  # every session is now too old to serve and has no live stream
+    pool.collect()
+    assert pool.sessions == {}
+    pool.close()
+    acceptor.kill()
+    listener.close()
+    gevent.killall(servers)

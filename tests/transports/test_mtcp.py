@@ -1,0 +1,53 @@
+"""mtcp end to end: two real ehco processes, raw -> (smux over TCP) -> raw."""
+
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ..support import EchoServer, free_port, roundtrip, sha, wait_port
+
+
+@pytest.fixture
+def chain(ehco, echo_server):
+    a, b = free_port(), free_port()
+    node_b = ehco("-l", f"127.0.0.1:{b}", "-lt", "mtcp", "-r", f"127.0.0.1:{echo_server.port}")
+    wait_port(b)
+    node_a = ehco("-l", f"127.0.0.1:{a}", "-tt", "mtcp", "-r", f"127.0.0.1:{b}")
+    wait_port(a)
+    return a, b, node_a, node_b
+
+
+@pytest.mark.parametrize("size", [1, 64 * 1024, 16 * 1024 * 1024])
+def test_payloads(chain, size):
+    data = os.urandom(size)
+    assert sha(roundtrip(chain[0], data)) == sha(data)
+
+
+def test_twenty_parallel_connections(chain):
+    payloads = [os.urandom(50_000 + i) for i in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda d: sha(roundtrip(chain[0], d)) == sha(d), payloads))
+    assert all(results)
+
+
+def test_server_first_greeting(ehco):
+    server = EchoServer(greeting=b"SSH-2.0-OpenSSH_9.2\r\n")
+    try:
+        a, b = free_port(), free_port()
+        ehco("-l", f"127.0.0.1:{b}", "-lt", "mtcp", "-r", f"127.0.0.1:{server.port}")
+        wait_port(b)
+        ehco("-l", f"127.0.0.1:{a}", "-tt", "mtcp", "-r", f"127.0.0.1:{b}")
+        wait_port(a)
+        assert roundtrip(a, b"after greeting", greeting=server.greeting) == b"after greeting"
+    finally:
+        server.close()
+
+
+def test_garbage_on_the_mtcp_port_leaves_others_serving(chain):
+    a, b = chain[0], chain[1]
+    with socket.create_connection(("127.0.0.1", b), timeout=5) as junk:
+        junk.sendall(b"GET / HTTP/1.1\r\n\r\n" * 10)
+        assert junk.recv(100) == b""  # protocol error: that session is closed
+    assert roundtrip(a, b"still fine") == b"still fine"
