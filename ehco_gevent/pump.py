@@ -30,7 +30,11 @@ _close_fd = get_original("os", "close")
 
 log = logging.getLogger("ehco.pump")
 
-COPY_BUFFER = 64 * 1024
+#: the copy path's buffer starts small (idle and interactive connections stay cheap) and grows
+#: while reads keep filling it (bulk transfers make fewer, larger writes: through smux or TLS
+#: that is most of the cost)
+COPY_BUFFER_MIN = 16 * 1024
+COPY_BUFFER_MAX = 256 * 1024
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -103,8 +107,9 @@ def splice_loop(src_fd: int, dst_fd: int, count: Counter) -> None:
 
 
 def copy_loop(src, dst, count: Counter) -> None:
-    """Move bytes with recv_into/sendall over one buffer until src reaches EOF."""
-    buf = bytearray(COPY_BUFFER)
+    """Move bytes with recv_into/sendall over one reused buffer until src reaches EOF."""
+    size = COPY_BUFFER_MIN
+    buf = bytearray(size)
     view = memoryview(buf)
     while True:
         n = src.recv_into(buf)
@@ -112,6 +117,10 @@ def copy_loop(src, dst, count: Counter) -> None:
             return
         dst.sendall(view[:n])
         count(n)
+        if n == size and size < COPY_BUFFER_MAX:
+            size *= 4
+            buf = bytearray(size)
+            view = memoryview(buf)
 
 
 def one_direction(src, dst, count: Counter) -> None:

@@ -101,7 +101,10 @@ class FrameDecoder:
                         break
                     start = pos + HEADER_SIZE
                     pos = start + length
-                    yield cmd, sid, bytes(buf[start:pos])
+                    view = memoryview(buf)  # one copy out of buf (a slice would copy twice)
+                    payload = bytes(view[start:pos])
+                    view.release()
+                    yield cmd, sid, payload
                 elif cmd in (SYN, FIN, NOP):
                     pos += HEADER_SIZE
                     yield cmd, sid, b""
@@ -145,13 +148,19 @@ class SmuxStream:
                 return 0
             self._readable.clear()
             self._readable.wait()
-        head = self._chunks[0]
-        n = min(len(buf), len(head))
-        buf[:n] = head[:n]
-        if n == len(head):
-            self._chunks.popleft()
-        else:
-            self._chunks[0] = head[n:]
+        # fill as much of buf as the queued frames allow: fewer writes downstream
+        chunks = self._chunks
+        size = len(buf)
+        n = 0
+        while chunks and n < size:
+            head = chunks[0]
+            take = min(size - n, len(head))
+            buf[n:n + take] = head[:take]
+            n += take
+            if take == len(head):
+                chunks.popleft()
+            else:
+                chunks[0] = head[take:]
         self.session._consumed(n)
         return n
 
