@@ -1,0 +1,73 @@
+"""TLS for wss, mwss and trojan, as ehco 1.1.4 sets it up.
+
+The server side uses the PEM files named by ``EHCO_CERT_FILE_NAME`` / ``EHCO_KEY_FILE_NAME``,
+or else a self-signed RSA-2048 certificate generated once at start. The client side does not
+verify the server's certificate, exactly as ehco's (a tunnel's ends are configured together;
+the point of TLS there is to look like HTTPS, not to authenticate).
+
+Contexts come from gevent's ssl module, so handshakes and reads wait on the hub.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import os
+import tempfile
+
+from gevent import ssl
+
+log = logging.getLogger("ehco.tls")
+
+CERT_ENV = "EHCO_CERT_FILE_NAME"
+KEY_ENV = "EHCO_KEY_FILE_NAME"
+
+
+def self_signed_pem(common_name: str = "ehco") -> tuple[bytes, bytes]:
+    """A fresh RSA-2048 certificate and key, PEM encoded."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@functools.lru_cache(maxsize=1)
+def server_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert_file, key_file = os.environ.get(CERT_ENV), os.environ.get(KEY_ENV)
+    if cert_file and key_file:
+        ctx.load_cert_chain(cert_file, key_file)
+        log.info("TLS certificate loaded from %s", cert_file)
+    else:
+        cert_pem, key_pem = self_signed_pem()
+        with tempfile.TemporaryDirectory() as tmp:
+            cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+            with open(cert_path, "wb") as fh:
+                fh.write(cert_pem)
+            with open(key_path, "wb") as fh:
+                fh.write(key_pem)
+            ctx.load_cert_chain(cert_path, key_path)
+        log.info("TLS: generated a self-signed RSA-2048 certificate")
+    return ctx
+
+
+@functools.lru_cache(maxsize=1)
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
