@@ -181,15 +181,20 @@ def render_metrics(app: Any) -> tuple[bytes, str]:
     return metrics_for(app).render(), CONTENT_TYPE
 
 
-def metric_names(text: str) -> set[str]:
-    """Every sample name in a Prometheus text body (what a PromQL expression can select)."""
+def parse_samples(text: str) -> list[Any]:
+    """The samples of a Prometheus text body under their literal names (what PromQL selects).
+
+    The client library's parser renames a counter's samples to ``NAME_total`` after its TYPE
+    line; Prometheus does not. Parsing without the comment lines keeps the names as written."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    names: set[str] = set()
-    for family in text_string_to_metric_families(text):
-        names.add(family.name)
-        names.update(sample.name for sample in family.samples)
-    return names
+    bare = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    return [s for family in text_string_to_metric_families(bare) for s in family.samples]
+
+
+def metric_names(text: str) -> set[str]:
+    """Every sample name in a Prometheus text body."""
+    return {sample.name for sample in parse_samples(text)}
 
 
 class MetricsService:
