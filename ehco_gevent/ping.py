@@ -260,8 +260,6 @@ class PingService:
             log.debug("ping: resolved %s as %s", target.host, ip)
             target.ip = ip
         labels = (ip, target.host, target.label)
-        target.series.add(labels)
-        self.duration.labels(*labels)  # the series exists from the first request (loss alert)
         target.seq = (target.seq + 1) & 0xFFFF
         try:
             rtt = ping_once(ip, family, target.seq, target.ident, self.timeout)
@@ -275,7 +273,11 @@ class PingService:
         except OSError as exc:  # e.g. ENETUNREACH: counts as a lost ping
             log.debug("ping %s (%s): %s", target.host, ip, exc)
             rtt = None
+        target.series.add(labels)
         self.requests.labels(*labels).inc()
+        # the histogram's series exist from the first request on, so that the loss alert
+        # (requests against responses) sees a host that never answered
+        self.duration.labels(*labels)
         if rtt is None:
             target.last_ms = None
             log.debug("ping %s (%s) seq=%d: no reply within %.0f s", target.host, ip,
