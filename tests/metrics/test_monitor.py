@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import requests

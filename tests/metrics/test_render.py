@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import gevent
 from gevent import socket
-from prometheus_client.parser import text_string_to_metric_families
 
 from ehco_gevent.config import parse_config
 from ehco_gevent.connections import ConnectionRegistry
