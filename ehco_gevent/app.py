@@ -83,7 +83,10 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:   on_config(cfg)              after every successful reload
 #:   stop()                      at exit
 SERVICE_FACTORIES: list[str] = [
+    "ehco_gevent.metrics:create_service",
     "ehco_gevent.web:create_service",
+    "ehco_gevent.ping:create_service",
+    "ehco_gevent.relay_sync:create_service",
     "ehco_gevent.proxy.server:create_service",
 ]
 

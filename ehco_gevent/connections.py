@@ -73,13 +73,23 @@ class ConnectionRegistry:
         self.closed_totals: dict[tuple[str, str], list[int]] = {}
         #: relay label -> [up, down] bytes of connections already closed (the web traffic chart)
         self.relay_closed_totals: dict[str, list[int]] = {}
+        #: remote_label -> dials that failed (no Connection record exists for them)
+        self.dial_failures: dict[str, int] = {}
+        #: called with every new Connection (the handshake histogram observes dial times here)
+        self.open_listeners: list[Callable[[Connection], None]] = []
 
     def open(self, relay_label: str, conn_type: str, client_addr: str, remote: str,
              remote_label: str, dial_ms: float = 0.0) -> Connection:
         conn = Connection(next(self._ids), relay_label, conn_type, client_addr, remote,
                           remote_label, dial_ms)
         self.active[conn.id] = conn
+        for listener in self.open_listeners:
+            listener(conn)
         return conn
+
+    def dial_failed(self, remote_label: str) -> None:
+        """Count a dial that failed, so an alert can tell a broken remote from an idle one."""
+        self.dial_failures[remote_label] = self.dial_failures.get(remote_label, 0) + 1
 
     def close(self, conn: Connection) -> None:
         if self.active.pop(conn.id, None) is None:

@@ -158,6 +158,7 @@ class Relay:
             upstream = self.dialer.dial(remote)
         except Exception as exc:
             stream.close()
+            self.registry.dial_failed(self.cfg.remote_label(remote))
             log.warning("relay %s: dial %s for %s failed: %s", self.label, remote, client,
                         exc or type(exc).__name__)
             return
