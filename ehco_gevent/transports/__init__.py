@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 from ..config import RelayConfig
 from .mtcp import MTCPDialer, MTCPInbound
+from . import ws
 from .raw import RawDialer, RawInbound
 
 
@@ -29,8 +30,14 @@ class Dialer(Protocol):
     def close(self) -> None: ...
 
 
-INBOUNDS: dict[str, Callable[[RelayConfig], Inbound]] = {"raw": RawInbound, "mtcp": MTCPInbound}
-DIALERS: dict[str, Callable[[RelayConfig], Dialer]] = {"raw": RawDialer, "mtcp": MTCPDialer}
+INBOUNDS: dict[str, Callable[[RelayConfig], Inbound]] = {
+    "raw": RawInbound, "mtcp": MTCPInbound,
+    "ws": ws.inbound("ws"), "wss": ws.inbound("wss"), "mwss": ws.inbound("mwss"),
+}
+DIALERS: dict[str, Callable[[RelayConfig], Dialer]] = {
+    "raw": RawDialer, "mtcp": MTCPDialer,
+    "ws": ws.dialer("ws"), "wss": ws.dialer("wss"), "mwss": ws.dialer("mwss"),
+}
 
 
 class UnsupportedTransport(Exception):

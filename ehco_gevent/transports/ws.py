@@ -1,0 +1,163 @@
+"""ws, wss and mwss: ehco 1.1.4's WebSocket tunnels, both sides.
+
+All three start with an HTTP/1.1 upgrade (``/ws/``, ``/wss/``, ``/mwss/``; wss and mwss inside
+TLS). After the 101, ehco 1.1.4 sends the relayed bytes raw; mwss runs an smux session over
+that raw stream. With ``ws_frames`` (beyond ehco 1.1.4) the bytes go in RFC 6455 binary frames
+instead, as ehco >= 1.1.5 and WebSocket proxies expect.
+
+The listener answers like ehco's HTTP mux: ``GET /`` gets the health text, the upgrade path
+without upgrade headers gets 400, any other path 404, and a request that is not HTTP is closed.
+Bytes that arrive behind the HTTP head (either way) are kept: they are the stream's first bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import gevent
+
+from .. import websocket as wsproto
+from ..config import RelayConfig, remote_host_port
+from ..smux import SessionPool, serve_session
+from ..streams import SocketStream
+from ..tls import client_context, server_context
+from ..wsstreams import FramedStream, TLSStream
+from .raw import DIAL_TIMEOUT, dial_tcp, tune
+
+log = logging.getLogger("ehco.ws")
+
+HANDSHAKE_TIMEOUT = 10.0
+PATHS = {"ws": "/ws/", "wss": "/wss/", "mwss": "/mwss/"}
+
+
+def index_text(client_addr: str) -> str:
+    return f"access from remote ip: {client_addr} \n"
+
+
+def read_head(sock, timeout: float) -> tuple[bytes, bytes]:
+    """Read until the blank line ending an HTTP head; returns (head, bytes after it)."""
+    data = b""
+    with gevent.Timeout(timeout, TimeoutError("HTTP head not complete in time")):
+        while True:
+            chunk = sock.recv(16384)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(data)} bytes of HTTP head")
+            data += chunk
+            split = wsproto.split_head(data)
+            if split is not None:
+                return split
+
+
+def _wrap(sock, tls_sock, pending: bytes, frames: bool, client: bool):
+    base = TLSStream(tls_sock, b"" if frames else pending) if tls_sock is not None \
+        else SocketStream(sock, b"" if frames else pending)
+    return FramedStream(base, client=client, pending=pending) if frames else base
+
+
+# -- server side -----------------------------------------------------------------------------------
+def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
+                   timeout: float = HANDSHAKE_TIMEOUT):
+    """Serve one HTTP request on an accepted socket; the upgraded stream, or None when the
+    request was answered (health text, 400, 404) or was not HTTP."""
+    tls_sock = None
+    io = sock
+    if tls:
+        tls_sock = server_context().wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+        with gevent.Timeout(timeout, TimeoutError("TLS handshake not complete in time")):
+            tls_sock.do_handshake()
+        io = tls_sock
+    head, rest = read_head(io, timeout)
+    request = wsproto.parse_request(head)
+    if request.path == path and request.method == "GET":
+        if not request.is_upgrade:
+            io.sendall(wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
+            return None
+        io.sendall(wsproto.build_101(request.header("sec-websocket-key")))
+        return _wrap(sock, tls_sock, rest, frames, client=False)
+    if request.path == "/" and request.method in ("GET", "HEAD"):
+        io.sendall(wsproto.build_response(200, index_text(client_addr)))
+        return None
+    io.sendall(wsproto.build_response(404, "404 page not found\n"))
+    return None
+
+
+class WSInbound:
+    def __init__(self, cfg: RelayConfig, kind: str):
+        self.cfg = cfg
+        self.kind = kind
+        self.path = PATHS[kind]
+        self.tls = kind in ("wss", "mwss")
+        if self.tls:
+            server_context()  # load or generate the certificate now, not on the first client
+
+    def serve(self, sock, client_addr: str, on_stream: Callable) -> None:
+        tune(sock)
+        try:
+            stream = accept_upgrade(sock, client_addr, self.path, self.tls, self.cfg.ws_frames)
+        except (wsproto.HandshakeError, OSError, TimeoutError, ValueError) as exc:
+            log.debug("relay %s: %s handshake from %s failed: %s", self.cfg.label, self.kind,
+                      client_addr, exc)
+            return
+        if stream is None:
+            return
+        if self.kind == "mwss":
+            serve_session(stream, on_stream)
+        else:
+            on_stream(stream)
+
+    def close(self) -> None:
+        pass
+
+
+# -- client side -----------------------------------------------------------------------------------
+def dial_upgrade(remote: str, path: str, tls: bool, frames: bool,
+                 timeout: float = DIAL_TIMEOUT):
+    """Connect, (TLS,) upgrade; the stream, with any bytes that came behind the 101."""
+    host, port = remote_host_port(remote)
+    sock = dial_tcp(host, port, timeout)
+    try:
+        with gevent.Timeout(timeout + HANDSHAKE_TIMEOUT, TimeoutError("upgrade not answered in time")):
+            io = sock
+            tls_sock = None
+            if tls:
+                tls_sock = client_context().wrap_socket(sock, server_hostname=host or None)
+                io = tls_sock
+            key = wsproto.new_key()
+            io.sendall(wsproto.build_request(f"{host}:{port}", path, key))
+            head, rest = read_head(io, timeout + HANDSHAKE_TIMEOUT)
+            wsproto.check_response(head, key)
+    except BaseException:
+        sock.close()
+        raise
+    return _wrap(sock, tls_sock, rest, frames, client=True)
+
+
+class WSDialer:
+    def __init__(self, cfg: RelayConfig, kind: str):
+        self.cfg = cfg
+        self.kind = kind
+        self.path = PATHS[kind]
+        self.tls = kind in ("wss", "mwss")
+        self.pool = SessionPool(self._session_conn) if kind == "mwss" else None
+
+    def _session_conn(self, remote: str):
+        return dial_upgrade(remote, self.path, self.tls, self.cfg.ws_frames)
+
+    def dial(self, remote: str):
+        if self.pool is not None:
+            return self.pool.open_stream(remote)
+        return dial_upgrade(remote, self.path, self.tls, self.cfg.ws_frames)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+def inbound(kind: str) -> Callable[[RelayConfig], WSInbound]:
+    return lambda cfg: WSInbound(cfg, kind)
+
+
+def dialer(kind: str) -> Callable[[RelayConfig], WSDialer]:
+    return lambda cfg: WSDialer(cfg, kind)

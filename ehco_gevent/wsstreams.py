@@ -1,0 +1,174 @@
+"""Stream objects for the WebSocket tunnels: TLS underneath, RFC 6455 frames on top.
+
+Both follow the stream interface of :mod:`ehco_gevent.streams`. Raw-mode ws needs neither: after
+the handshake it is a plain :class:`~ehco_gevent.streams.SocketStream`, so the pump splices it.
+
+Half-close:
+
+* TLS: ``shutdown_write`` sends close_notify and nothing else (one SSL_shutdown step, not the
+  blocking two-way unwrap), then keeps reading until the peer's close_notify or EOF.
+* Frames: a close frame in RFC 6455 ends *both* directions for most peers, so it is sent only
+  once both directions are done. Our end of writing is marked with an empty binary message
+  instead: one of our nodes takes it as EOF (and half-closes its TCP side), while a standard
+  peer (gorilla, ehco >= 1.1.5, a CDN) just relays nothing for it. The answer to a half-closed
+  request therefore arrives in full either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl as _stdssl
+
+from gevent import ssl
+
+from . import websocket as wsproto
+
+log = logging.getLogger("ehco.ws")
+
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, _stdssl.SSLWantReadError,
+         _stdssl.SSLWantWriteError)
+
+
+class TLSStream:
+    splice_socket = None
+
+    def __init__(self, sock, pending: bytes = b""):
+        self.sock = sock
+        self.pending = pending
+        self._closed = False
+        self._write_done = False
+
+    def take_pending(self) -> bytes:
+        data, self.pending = self.pending, b""
+        return data
+
+    def recv_into(self, buf) -> int:
+        if self.pending:
+            n = min(len(buf), len(self.pending))
+            buf[:n] = self.pending[:n]
+            self.pending = self.pending[n:]
+            return n
+        try:
+            return self.sock.recv_into(buf)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, _stdssl.SSLZeroReturnError,
+                _stdssl.SSLEOFError):
+            return 0
+
+    def sendall(self, data) -> None:
+        self.sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        if self._write_done or self._closed:
+            return
+        self._write_done = True
+        sslobj = getattr(self.sock, "_sslobj", None)
+        if sslobj is None:
+            return
+        try:
+            sslobj.shutdown()  # sends close_notify; the second step (wait for the peer's) would
+        except _WANT:          # block, and is what "want read" reports: we keep reading instead
+            pass
+        except (OSError, ValueError) as exc:
+            log.debug("TLS close_notify failed: %s", exc)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return "<TLSStream>"
+
+
+class FramedStream:
+    """RFC 6455 binary frames over another stream (plain or TLS)."""
+
+    splice_socket = None
+
+    def __init__(self, inner, client: bool, pending: bytes = b""):
+        self.inner = inner
+        self.client = client
+        self._decoder = wsproto.FrameDecoder(from_client=not client)
+        self._ready: list[memoryview] = []
+        self._raw = bytearray(256 * 1024)
+        self._peer_done = False
+        self._write_done = False
+        self._close_sent = False
+        if pending:
+            self._absorb(pending)
+
+    def take_pending(self) -> bytes:
+        return b""
+
+    def _absorb(self, data) -> None:
+        for fin, opcode, payload in self._decoder.feed(data):
+            if opcode == wsproto.OP_BINARY and fin and not payload:
+                self._peer_done = True  # the peer's end-of-writing marker
+                self._maybe_send_close()
+            elif opcode in (wsproto.OP_BINARY, wsproto.OP_TEXT, wsproto.OP_CONT):
+                if payload:
+                    self._ready.append(memoryview(payload))
+            elif opcode == wsproto.OP_PING:
+                if not self._close_sent:
+                    self.inner.sendall(wsproto.encode_frame(wsproto.OP_PONG, payload,
+                                                            masked=self.client))
+            elif opcode == wsproto.OP_CLOSE:
+                self._peer_done = True
+                self._maybe_send_close()
+
+    def recv_into(self, buf) -> int:
+        while not self._ready:
+            if self._peer_done:
+                return 0
+            n = self.inner.recv_into(self._raw)
+            if not n:
+                self._peer_done = True
+                self._maybe_send_close()
+                return 0
+            try:
+                self._absorb(memoryview(self._raw)[:n])
+            except wsproto.FrameError as exc:
+                log.debug("ws frames: %s", exc)
+                raise ConnectionResetError(str(exc)) from None
+        head = self._ready[0]
+        n = min(len(buf), len(head))
+        buf[:n] = head[:n]
+        if n == len(head):
+            self._ready.pop(0)
+        else:
+            self._ready[0] = head[n:]
+        return n
+
+    def sendall(self, data) -> None:
+        if self._write_done:
+            raise BrokenPipeError("ws stream is closed for writing")
+        if len(data):
+            self.inner.sendall(wsproto.encode_frame(wsproto.OP_BINARY, data, masked=self.client))
+
+    def shutdown_write(self) -> None:
+        if self._write_done:
+            return
+        self._write_done = True
+        try:
+            self.inner.sendall(wsproto.encode_frame(wsproto.OP_BINARY, b"", masked=self.client))
+        except OSError:
+            pass
+        self._maybe_send_close()
+
+    def _maybe_send_close(self) -> None:
+        if self._write_done and self._peer_done and not self._close_sent:
+            self._close_sent = True
+            try:
+                self.inner.sendall(wsproto.encode_frame(wsproto.OP_CLOSE, b"\x03\xe8",
+                                                        masked=self.client))
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"<FramedStream over {self.inner!r}>"
