@@ -5,8 +5,8 @@ the handshake it is a plain :class:`~ehco_gevent.streams.SocketStream`, so the p
 
 Half-close:
 
-* TLS: ``shutdown_write`` sends close_notify and nothing else (one SSL_shutdown step, not the
-  blocking two-way unwrap), then keeps reading until the peer's close_notify or EOF.
+* TLS: ``shutdown_write`` sends close_notify and keeps reading until the peer's close_notify
+  or EOF (see :class:`TLSStream` for why that needs memory BIOs).
 * Frames: a close frame in RFC 6455 ends *both* directions for most peers, so it is sent only
   once both directions are done. Our end of writing is marked with an empty binary message
   instead: one of our nodes takes it as EOF (and half-closes its TCP side), while a standard
@@ -25,22 +25,66 @@ from . import websocket as wsproto
 
 log = logging.getLogger("ehco.ws")
 
-_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, _stdssl.SSLWantReadError,
-         _stdssl.SSLWantWriteError)
+_WANT_READ = (ssl.SSLWantReadError, _stdssl.SSLWantReadError)
+_ZERO = (ssl.SSLZeroReturnError, _stdssl.SSLZeroReturnError)
 
 
 class TLSStream:
-    splice_socket = None
+    """TLS over a plain gevent socket, driven through memory BIOs.
 
-    def __init__(self, sock, pending: bytes = b""):
+    Why not an SSLSocket: Python only offers SSL_shutdown as a two-step "send close_notify, then
+    read the peer's", and OpenSSL fails that second step with APPLICATION_DATA_AFTER_CLOSE_NOTIFY
+    when the peer's answer is still arriving, which is exactly a half-close. With memory BIOs we
+    run the shutdown only while no received bytes are waiting (so its read step just reports
+    "want read"), then keep reading the peer's data until its close_notify or EOF.
+    """
+
+    splice_socket = None
+    READ = 256 * 1024
+
+    def __init__(self, sock, sslobj, incoming, outgoing, pending: bytes = b""):
         self.sock = sock
+        self.obj = sslobj
+        self.incoming = incoming
+        self.outgoing = outgoing
         self.pending = pending
         self._closed = False
         self._write_done = False
+        self._shutdown_owed = False
 
+    @classmethod
+    def handshake(cls, sock, ctx, server_side: bool, server_hostname: str | None = None):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_side=server_side,
+                           server_hostname=server_hostname)
+        stream = cls(sock, obj, incoming, outgoing)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except _WANT_READ:
+                stream._flush()
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the TLS handshake")
+                incoming.write(data)
+        stream._flush()
+        return stream
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    # -- the stream interface --------------------------------------------------------------
     def take_pending(self) -> bytes:
         data, self.pending = self.pending, b""
         return data
+
+    def recv(self, size: int) -> bytes:
+        buf = bytearray(size)
+        n = self.recv_into(buf)
+        return bytes(buf[:n])
 
     def recv_into(self, buf) -> int:
         if self.pending:
@@ -48,28 +92,49 @@ class TLSStream:
             buf[:n] = self.pending[:n]
             self.pending = self.pending[n:]
             return n
-        try:
-            return self.sock.recv_into(buf)
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, _stdssl.SSLZeroReturnError,
-                _stdssl.SSLEOFError):
-            return 0
+        while True:
+            try:
+                n = self.obj.read(len(buf), buf)
+                self._flush()
+                return n
+            except _WANT_READ:
+                self._flush()
+                if self._shutdown_owed:
+                    self._send_close_notify()
+                data = self.sock.recv(self.READ)
+                if not data:
+                    return 0  # EOF without close_notify: treat as the end all the same
+                self.incoming.write(data)
+            except _ZERO:
+                return 0
 
     def sendall(self, data) -> None:
-        self.sock.sendall(data)
+        if self._write_done:
+            raise BrokenPipeError("TLS stream is closed for writing")
+        self.obj.write(data)
+        self._flush()
 
     def shutdown_write(self) -> None:
         if self._write_done or self._closed:
             return
         self._write_done = True
-        sslobj = getattr(self.sock, "_sslobj", None)
-        if sslobj is None:
-            return
+        if self.incoming.pending or self.obj.pending():
+            self._shutdown_owed = True  # the reader sends it once the received bytes are read
+        else:
+            self._send_close_notify()
+
+    def _send_close_notify(self) -> None:
+        self._shutdown_owed = False
         try:
-            sslobj.shutdown()  # sends close_notify; the second step (wait for the peer's) would
-        except _WANT:          # block, and is what "want read" reports: we keep reading instead
-            pass
+            self.obj.unwrap()
+        except _WANT_READ:
+            pass  # close_notify is out; the peer's comes later, through recv_into
         except (OSError, ValueError) as exc:
             log.debug("TLS close_notify failed: %s", exc)
+        try:
+            self._flush()
+        except OSError:
+            pass
 
     def close(self) -> None:
         if not self._closed:

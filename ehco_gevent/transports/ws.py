@@ -49,9 +49,12 @@ def read_head(sock, timeout: float) -> tuple[bytes, bytes]:
                 return split
 
 
-def _wrap(sock, tls_sock, pending: bytes, frames: bool, client: bool):
-    base = TLSStream(tls_sock, b"" if frames else pending) if tls_sock is not None \
-        else SocketStream(sock, b"" if frames else pending)
+def _wrap(sock, tls_stream, pending: bytes, frames: bool, client: bool):
+    if tls_stream is not None:
+        base = tls_stream
+        base.pending = b"" if frames else pending
+    else:
+        base = SocketStream(sock, b"" if frames else pending)
     return FramedStream(base, client=client, pending=pending) if frames else base
 
 
@@ -60,14 +63,12 @@ def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
                    timeout: float = HANDSHAKE_TIMEOUT):
     """Serve one HTTP request on an accepted socket; the upgraded stream, or None when the
     request was answered (health text, 400, 404) or was not HTTP."""
-    tls_sock = None
+    tls_stream = None
     io = sock
     if tls:
-        tls_sock = server_context().wrap_socket(sock, server_side=True,
-                                                do_handshake_on_connect=False)
         with gevent.Timeout(timeout, TimeoutError("TLS handshake not complete in time")):
-            tls_sock.do_handshake()
-        io = tls_sock
+            tls_stream = TLSStream.handshake(sock, server_context(), server_side=True)
+        io = tls_stream
     head, rest = read_head(io, timeout)
     request = wsproto.parse_request(head)
     if request.path == path and request.method == "GET":
@@ -75,7 +76,7 @@ def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
             io.sendall(wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
             return None
         io.sendall(wsproto.build_101(request.header("sec-websocket-key")))
-        return _wrap(sock, tls_sock, rest, frames, client=False)
+        return _wrap(sock, tls_stream, rest, frames, client=False)
     if request.path == "/" and request.method in ("GET", "HEAD"):
         io.sendall(wsproto.build_response(200, index_text(client_addr)))
         return None
@@ -120,10 +121,11 @@ def dial_upgrade(remote: str, path: str, tls: bool, frames: bool,
     try:
         with gevent.Timeout(timeout + HANDSHAKE_TIMEOUT, TimeoutError("upgrade not answered in time")):
             io = sock
-            tls_sock = None
+            tls_stream = None
             if tls:
-                tls_sock = client_context().wrap_socket(sock, server_hostname=host or None)
-                io = tls_sock
+                tls_stream = TLSStream.handshake(sock, client_context(), server_side=False,
+                                                 server_hostname=host or None)
+                io = tls_stream
             key = wsproto.new_key()
             io.sendall(wsproto.build_request(f"{host}:{port}", path, key))
             head, rest = read_head(io, timeout + HANDSHAKE_TIMEOUT)
@@ -131,7 +133,7 @@ def dial_upgrade(remote: str, path: str, tls: bool, frames: bool,
     except BaseException:
         sock.close()
         raise
-    return _wrap(sock, tls_sock, rest, frames, client=True)
+    return _wrap(sock, tls_stream, rest, frames, client=True)
 
 
 class WSDialer:
