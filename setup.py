@@ -22,6 +22,7 @@ setup(
         "click>=8.1,<9",
         "cryptography>=42,<49",
         "psutil>=5.9,<8",
+        "websockets>=13,<17",  # only its C apply_mask, for frames mode
     ],
     extras_require={
         "test": [
