@@ -164,11 +164,16 @@ class Plan:
     relays: tuple[RelayConfig, ...]
     proxy_labels: dict[str, str]
     groups: tuple[Group, ...]
+    #: groups left without a relay because their label was taken (see derive_relays)
+    skipped: tuple[Group, ...] = ()
 
 
 def derive_relays(sub_name: str, proxies: list[Proxy], host: str,
                   running: dict[str, RelayConfig], alloc_port: Callable[[bool], int]) -> Plan:
     """One raw relay per proxy and one load-balancing relay per group, listening on ``host``.
+
+    Labels stay unique: a proxy whose label an earlier one has, and a group whose label is
+    taken, get no relay (they are reported in ``Plan.skipped`` / left out of ``proxy_labels``).
 
     A relay whose label already runs with the same remotes on ``host`` keeps its listen address
     (so the port a Clash client has stays valid); any other gets ``alloc_port(udp)``, a port
@@ -187,17 +192,32 @@ def derive_relays(sub_name: str, proxies: list[Proxy], host: str,
         return RelayConfig(listen=listen, tcp_remotes=tcp, udp_remotes=udp, label=label)
 
     relays = []
-    labels = {}
-    by_name = {p.name: p for p in proxies}
+    labels: dict[str, str] = {}
+    kept = []
     for p in proxies:
-        labels[p.name] = proxy_label(p.name, sub_name)
-        relays.append(relay(labels[p.name], (p.remote,), (p.remote,) if p.udp else ()))
-    groups = tuple(group_names(by_name))
+        label = proxy_label(p.name, sub_name)
+        if label in labels.values():  # "a" and "a-" both give "a-SUB": the first one wins
+            continue
+        labels[p.name] = label
+        kept.append(p)
+        relays.append(relay(label, (p.remote,), (p.remote,) if p.udp else ()))
+    by_name = {p.name: p for p in kept}
+    taken = set(labels.values())
+    winners, skipped = set(), []
+    # groups of several members first, so they win a label over a lone proxy; names "b" and
+    # "b-" both give "b-lb", and a sub named "lb" can give a proxy a group's label
+    for g in sorted(group_names(by_name), key=lambda g: (len(g.members) == 1, g.prefix)):
+        if g.label in taken:
+            skipped.append(g)
+        else:
+            taken.add(g.label)
+            winners.add(g.prefix)
+    groups = [g for g in group_names(by_name) if g.prefix in winners]
     for g in groups:
         members = [by_name[n] for n in g.members]
         relays.append(relay(g.label, _unique(m.remote for m in members),
                             _unique(m.remote for m in members if m.udp)))
-    return Plan(tuple(relays), labels, groups)
+    return Plan(tuple(relays), labels, tuple(groups), tuple(skipped))
 
 
 # -- provider YAML ------------------------------------------------------------------------------
@@ -222,7 +242,7 @@ def provider_proxies(proxies: list[Proxy], plan: Plan, ports: dict[str, int], se
                                       ports[g.label]))
     else:
         for p in proxies:
-            label = plan.proxy_labels[p.name]
+            label = plan.proxy_labels.get(p.name)
             if label in ports:
                 out.append(_rewritten(p.fields, label, server, ports[label]))
     return out

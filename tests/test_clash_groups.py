@@ -75,7 +75,6 @@ def test_grouping_properties(names):
     for g in groups:
         assert all(m.startswith(g.prefix) for m in g.members)
         assert g.prefix
-    assert len({g.label for g in groups}) == len(groups)
     # neighbours in sorted order find the same prefixes as all pairs
     assert group_prefixes(names) == brute_prefixes(names)
 
@@ -114,6 +113,23 @@ def seed_plan(running=None, data=SEED, alloc=None):
     proxies, _ = parse_proxies(data)
     return proxies, derive_relays("SUB", proxies, "127.0.0.1", running or {},
                                   alloc or counter())
+
+
+@settings(max_examples=200, deadline=None)
+@given(names_st, st.sampled_from(["SUB", "lb", "1"]))
+def test_derived_labels_are_unique(names, sub):
+    proxies, _ = parse_proxies({"proxies": [{"name": n, "server": "h", "port": 1} for n in names]})
+    plan = derive_relays(sub, proxies, "127.0.0.1", {}, counter())
+    labels = [r.label for r in plan.relays]
+    assert len(labels) == len(set(labels))
+    assert len(plan.groups) + len(plan.skipped) == len(group_names(plan.proxy_labels))
+
+
+def test_colliding_group_label_gets_no_relay():
+    _, plan = seed_plan(data={"proxies": [{"name": n, "server": "h", "port": 1}
+                                          for n in ("b", "b-x", "b-y")]})
+    assert [g.prefix for g in plan.groups] == ["b-"]
+    assert [g.prefix for g in plan.skipped] == ["b"]
 
 
 def test_seed_example_relays():
