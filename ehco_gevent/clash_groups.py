@@ -102,8 +102,11 @@ def parse_subscription(text: str) -> tuple[list[Proxy], list[str]]:
 
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SubscriptionError(f"not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # one line: the problem and where, not PyYAML's drawing
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise SubscriptionError(f"not valid YAML: {problem}{where}") from None
     return parse_proxies(data)
 
 
