@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections import Counter
 
 import requests
@@ -178,3 +179,37 @@ def test_unreachable_subscription_at_start_is_a_config_error(ehco, tmp_path):
     assert proc.proc.wait(30) == 2
     assert f"subscription '{SUB}': cannot fetch {url}" in proc.log
     assert "Traceback" not in proc.log
+
+
+def test_reload_ticker_refreshes_the_subscription(ehco, tmp_path):
+    servers = {n: EchoServer(greeting=f"{n}\n".encode()) for n in ("us-1", "us-2", "jb-1", "new")}
+    sub = Subscription()
+    sub.set_proxies(proxies_for(servers))
+    web_port = free_port()
+    path = write_config(tmp_path, {
+        "web_host": LOOPBACK, "web_port": web_port, "enable_ping": False, "reload_interval": 1,
+        "sub_configs": [{"name": SUB, "url": sub.url}]})
+    proc = ehco("-c", path)
+    try:
+        proc.wait_log("Start Web Server at")
+        dump_url = f"http://{LOOPBACK}:{web_port}/api/v1/config/"
+
+        def relays() -> dict[str, dict]:
+            return {r["label"]: r for r in requests.get(dump_url, timeout=10).json()["relay_configs"]}
+
+        before = relays()
+        moved = proxies_for(servers)
+        moved[2]["port"] = servers["new"].port
+        del moved[1]  # us-2 leaves: its relay stops, us-1 becomes a group of its own
+        sub.set_proxies(moved)
+        deadline = time.monotonic() + 15
+        while "us-2-SUB" in (after := relays()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(after) == ["jb-1-SUB", "jb-1-lb", "us-1-SUB", "us-1-lb"]
+        assert after["us-1-SUB"]["listen"] == before["us-1-SUB"]["listen"]
+        port = int(after["jb-1-SUB"]["listen"].rsplit(":", 1)[1])
+        assert greeting_of(port) == b"new\n"
+    finally:
+        for server in servers.values():
+            server.close()
+        sub.close()
