@@ -81,6 +81,8 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:   expand_config(cfg) -> cfg   on every load, before relays are compared (adds relays)
 #:   start()                     once, after the relays are up
 #:   on_config(cfg)              after every successful reload
+#:   on_relays(cfg)              after a service changed the running relays outside a reload
+#:                               (a subscription refresh); cfg is the new running config
 #:   stop()                      at exit
 SERVICE_FACTORIES: list[str] = [
     "ehco_gevent.metrics:create_service",
@@ -88,6 +90,7 @@ SERVICE_FACTORIES: list[str] = [
     "ehco_gevent.ping:create_service",
     "ehco_gevent.relay_sync:create_service",
     "ehco_gevent.proxy.server:create_service",
+    "ehco_gevent.subscriptions:create_service",
 ]
 
 

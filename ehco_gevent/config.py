@@ -252,6 +252,8 @@ def parse_config(data: Any, source: str = "<config>") -> tuple[Config, list[str]
         where = f"sub_configs[{i}]"
         if not isinstance(item, dict):
             raise check.fail("", where, "expected an object with name and url")
+        for key in sorted(set(item) - {"name", "url"}):
+            warnings.append(f"config {source}: {where}: unknown key {key!r} ignored")
         name = check.typed(item, "name", str, where, "")
         url = check.typed(item, "url", str, where, "")
         if not name:

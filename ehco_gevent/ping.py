@@ -213,6 +213,9 @@ class PingService:
             target.greenlet = gevent.spawn_later(offset, self._run, target)
             self.targets[host] = target
 
+    #: a subscription refresh changed the relays: follow their hosts as after a reload
+    on_relays = on_config
+
     def stop(self) -> None:
         for host in list(self.targets):
             self._drop(host)

@@ -63,6 +63,11 @@ def test_relay_errors_name_relay_and_key(bad, words):
     ({"sub_configs": [{"name": "a", "url": "ftp://x"}]}, "url"),
     ({"sub_configs": [{"name": "a", "url": "http://x"}, {"name": "a", "url": "http://y"}]},
      "sub_configs"),
+    ({"sub_configs": {"name": "a", "url": "http://x"}}, "sub_configs"),
+    ({"sub_configs": ["http://x"]}, r"sub_configs[0]"),
+    ({"sub_configs": [{"url": "http://x"}]}, r"sub_configs[0]: name"),
+    ({"sub_configs": [{"name": 3, "url": "http://x"}]}, r"sub_configs[0]: name"),
+    ({"sub_configs": [{"name": "a"}]}, r"sub_configs[0]: url"),
 ])
 def test_top_level_errors_name_key(bad, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
@@ -72,6 +77,16 @@ def test_top_level_errors_name_key(bad, key):
 def test_labels_must_be_unique():
     with pytest.raises(ConfigError, match=r"relay_configs\[1\] \(label 'a'\).*relay_configs\[0\]"):
         parse_config({"relay_configs": [relay(label="a"), relay(label="a", listen="127.0.0.1:2")]})
+
+
+def test_sub_configs_are_parsed_in_order():
+    cfg, warnings = parse_config({"sub_configs": [{"name": "b", "url": "https://h/b"},
+                                                  {"name": "a", "url": "http://h/a", "typo": 1}]},
+                                 "c.json")
+    assert [(s.name, s.url) for s in cfg.sub_configs] == [("b", "https://h/b"), ("a", "http://h/a")]
+    assert warnings == ["config c.json: sub_configs[1]: unknown key 'typo' ignored"]
+    assert cfg.to_json()["sub_configs"] == [{"name": "b", "url": "https://h/b"},
+                                            {"name": "a", "url": "http://h/a"}]
 
 
 def test_unknown_keys_are_warned_about():
