@@ -1,6 +1,8 @@
 """The user store's counters, as pure objects: what Prometheus and the web page read."""
 
-from ehco_gevent.proxy.users import TRAFFIC_FACTOR, UserStore
+import pytest
+
+from ehco_gevent.proxy.users import TRAFFIC_FACTOR, UserStore, parse_panel_users
 from ehco_gevent.proxy.xray_config import parse_xray_config
 
 
@@ -40,3 +42,20 @@ def test_lifetime_counters_survive_reports_and_config_changes():
     # order: config clients, then panel users by numeric id
     store.apply_panel([PANEL_USER, dict(PANEL_USER, user_id=10), dict(PANEL_USER, user_id=9)])
     assert [r["user"] for r in store.collect()] == ["ss_proxy/a", "7", "9", "10"]
+
+
+@pytest.mark.parametrize("answer", [None, [], "users", {"users": None}, {"users": {"1": {}}},
+                                    {"data": []}])
+def test_panel_answer_of_the_wrong_shape_is_refused(answer):
+    with pytest.raises(ValueError):
+        parse_panel_users(answer)
+
+
+def test_malformed_panel_entries_are_skipped():
+    good = dict(PANEL_USER)
+    entries = parse_panel_users({"users": [
+        good, "junk", dict(good, user_id="7"), dict(good, user_id=True), dict(good, protocol="vmess"),
+        dict(good, method="rc4-md5"), dict(good, password=""), dict(good, user_id=8, level="x"),
+        dict(PANEL_USER, user_id=9, protocol="trojan", method=None)]})
+    assert [(e["user_id"], e["protocol"], e["level"]) for e in entries] == [
+        (7, "ss", 0), (8, "ss", 0), (9, "trojan", 0)]
