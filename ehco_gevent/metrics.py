@@ -21,6 +21,9 @@ Names and meanings (design.md 6.2 and docs/metrics.md):
   runtime's ``go_goroutines`` and ``go_memstats_sys_bytes``;
 - ``ehco_gevent_dial_failures_total{remote}`` dials that failed (ehco had no such series; the
   "no successful dial" alert needs it to tell a broken remote from an idle one);
+- ``ehco_proxy_user_traffic_bytes_total{user,flow="up|down"}`` and
+  ``ehco_proxy_user_connections{user}`` for the embedded proxy's users (only when an
+  ``xray_config`` is served; :class:`ProxyUserCollector`), in the quantity the panel is sent;
 - host metrics under node_exporter's names (:mod:`ehco_gevent.hostmetrics`), ping metrics
   (:mod:`ehco_gevent.ping`), and the client library's ``process_*`` and ``python_*``.
 
@@ -136,6 +139,40 @@ class TrafficCollector:
                                 value=resident_memory_bytes())
 
 
+class ProxyUserCollector:
+    """Per-user traffic of the embedded proxy (design.md 8), read from its user store.
+
+    The byte counters are the users' lifetime totals, which the panel sync never resets (it
+    resets only its own "since the last report" counters), so they are true counters. They
+    are in the quantity ehco sends the panel: twice the payload bytes seen on the client side.
+    ``user`` is the panel's user_id, or ``TAG/EMAIL`` for a client written in the config.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        cfg = getattr(self.app, "config", None)
+        if cfg is None or getattr(cfg, "xray_config", None) is None:
+            return
+        from .proxy.users import collect as collect_users
+
+        rows = collect_users()
+        traffic = CounterMetricFamily(
+            "ehco_proxy_user_traffic_bytes",
+            "proxy user traffic in bytes as reported to the panel (2 x client-side payload)",
+            labels=["user", "flow"])
+        conns = GaugeMetricFamily("ehco_proxy_user_connections",
+                                  "open proxy connections (and UDP sessions) of the user",
+                                  labels=["user"])
+        for row in rows:
+            traffic.add_metric([row["user"], "up"], row["upload_bytes"])
+            traffic.add_metric([row["user"], "down"], row["download_bytes"])
+            conns.add_metric([row["user"]], row["connections"])
+        yield traffic
+        yield conns
+
+
 class Metrics:
     """The metrics of one App: its registry, the handshake histogram and the alive state."""
 
@@ -146,7 +183,8 @@ class Metrics:
         self.handshake = Histogram("ehco_traffic_handshake_duration",
                                    "dial (handshake) time to the remote in milliseconds",
                                    ["remote"], buckets=HANDSHAKE_BUCKETS_MS, registry=None)
-        for collector in (TrafficCollector(self), self.handshake, HostCollector(),
+        for collector in (TrafficCollector(self), ProxyUserCollector(app), self.handshake,
+                          HostCollector(),
                           ProcessCollector(registry=None), PlatformCollector(registry=None),
                           GCCollector(registry=CollectorRegistry())):
             self.add(collector)

@@ -46,23 +46,55 @@ def self_signed_pem(common_name: str = "ehco") -> tuple[bytes, bytes]:
 
 
 @functools.lru_cache(maxsize=1)
-def server_context() -> ssl.SSLContext:
+def _process_certificate() -> tuple[bytes, bytes] | None:
+    """The process's own certificate: None when the environment names PEM files, else a
+    self-signed one generated once, so wss and trojan present the same certificate."""
+    if os.environ.get(CERT_ENV) and os.environ.get(KEY_ENV):
+        return None
+    pems = self_signed_pem()
+    log.info("TLS: generated a self-signed RSA-2048 certificate")
+    return pems
+
+
+def _load_pems(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    # load_cert_chain only reads files; they live just long enough to be read
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        with open(cert_path, "wb") as fh:
+            fh.write(cert_pem)
+        with open(key_path, "wb") as fh:
+            fh.write(key_pem)
+        ctx.load_cert_chain(cert_path, key_path)
+
+
+def new_server_context(cert_file: str = "", key_file: str = "",
+                       alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """A fresh server context: the given PEM files, else the process's certificate
+    (``EHCO_CERT_FILE_NAME``/``EHCO_KEY_FILE_NAME`` or the generated one).
+
+    Fresh so that a listener with its own files or ALPN list (a trojan inbound) does not
+    change the context every wss listener shares. Raises OSError (ssl.SSLError) for files
+    that cannot be loaded."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert_file, key_file = os.environ.get(CERT_ENV), os.environ.get(KEY_ENV)
     if cert_file and key_file:
         ctx.load_cert_chain(cert_file, key_file)
-        log.info("TLS certificate loaded from %s", cert_file)
     else:
-        cert_pem, key_pem = self_signed_pem()
-        with tempfile.TemporaryDirectory() as tmp:
-            cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-            with open(cert_path, "wb") as fh:
-                fh.write(cert_pem)
-            with open(key_path, "wb") as fh:
-                fh.write(key_pem)
-            ctx.load_cert_chain(cert_path, key_path)
-        log.info("TLS: generated a self-signed RSA-2048 certificate")
+        generated = _process_certificate()
+        if generated is None:
+            ctx.load_cert_chain(os.environ[CERT_ENV], os.environ[KEY_ENV])
+            log.info("TLS certificate loaded from %s", os.environ[CERT_ENV])
+        else:
+            _load_pems(ctx, *generated)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
+
+
+@functools.lru_cache(maxsize=1)
+def server_context() -> ssl.SSLContext:
+    """The shared server context of the wss/mwss listeners (and of trojan inbounds without
+    their own certificate or ALPN)."""
+    return new_server_context()
 
 
 @functools.lru_cache(maxsize=1)

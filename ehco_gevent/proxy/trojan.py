@@ -19,10 +19,10 @@ from gevent import socket
 
 from ..config import split_host_port
 from ..streams import SocketStream
+from ..tls import new_server_context, server_context
 from ..transports.raw import dial_tcp
 from .addr import AddressError, encode_address, parse_address
 from .common import HANDSHAKE_TIMEOUT, Context
-from .tls_temp import server_context
 
 log = logging.getLogger("ehco.proxy.trojan")
 
@@ -114,8 +114,13 @@ class TLSStream(SocketStream):
 
 
 def setup(ctx: Context) -> None:
+    """The inbound's TLS context: the process's shared one (the wss certificate, design.md 4)
+    unless the inbound names its own certificate files or ALPN list."""
     ib = ctx.inbound
-    ctx.tls = server_context(ib.cert_file, ib.key_file, ib.alpn)  # type: ignore[attr-defined]
+    if ib.cert_file or ib.alpn:
+        ctx.tls = new_server_context(ib.cert_file, ib.key_file, ib.alpn)  # type: ignore[attr-defined]
+    else:
+        ctx.tls = server_context()  # type: ignore[attr-defined]
 
 
 def handle_tcp(ctx: Context, sock, client: str) -> None:

@@ -8,8 +8,9 @@ the panel can close exactly that user's connections. Counters come in two kinds:
   what was reported, so bytes counted during the POST stay);
 - ``total_up``/``total_down``: cumulative, never reset, for Prometheus (:meth:`collect`).
 
-Metrics access (for ehco_gevent.metrics): ``ehco_gevent.proxy.users.STORE.collect()`` returns
-one dict per user: ``{"user", "protocol", "upload_bytes", "download_bytes", "connections"}``.
+Metrics and the web page read :func:`collect` (one dict per user, see there); the byte figures
+there are in the panel's quantity (:data:`TRAFFIC_FACTOR` x the client-side payload bytes), so
+Prometheus, the web page and the panel all show a user the same number.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ log = logging.getLogger("ehco.proxy.users")
 
 PANEL_PROTOCOLS = ("ss", "trojan")
 INBOUND_PROTOCOL = {"shadowsocks": "ss", "trojan": "trojan"}
+#: ehco reported twice the bytes Xray counted on the client side (both legs of a connection);
+#: the panel POST, the Prometheus counters and the web page all use that quantity
+TRAFFIC_FACTOR = 2
 
 
 def trojan_hash(password: str) -> bytes:
@@ -145,6 +149,8 @@ class UserStore:
             if new is None or new.settings() != user.settings() or new.inbound_tag != user.inbound_tag:
                 self._remove(key, "config changed")
                 if new is not None:
+                    # same user, new settings: its lifetime counters go on (Prometheus counters)
+                    new.total_up, new.total_down = user.total_up, user.total_down
                     self.users[key] = new
         self.users.update(wanted)
         self._changed()
@@ -215,8 +221,8 @@ class UserStore:
             if user.user_id is None or not (user.up or user.down):
                 continue
             snapshot[user.key] = (user.up, user.down)
-            rows.append({"user_id": user.user_id, "upload_traffic": user.up * 2,
-                         "download_traffic": user.down * 2, "ip_list": sorted(user.ips),
+            rows.append({"user_id": user.user_id, "upload_traffic": user.up * TRAFFIC_FACTOR,
+                         "download_traffic": user.down * TRAFFIC_FACTOR, "ip_list": sorted(user.ips),
                          "tcp_conn_num": len(user.conns)})
         return rows, snapshot
 
@@ -231,10 +237,27 @@ class UserStore:
                 user.ips.clear()
 
     def collect(self) -> list[dict]:
-        """Per-user totals for Prometheus (cumulative, never reset)."""
-        return [{"user": u.label, "protocol": u.protocol, "upload_bytes": u.total_up,
-                 "download_bytes": u.total_down, "connections": len(u.conns)}
+        """One dict per user, sorted by label, for Prometheus and the web page.
+
+        ``upload_bytes``/``download_bytes`` are lifetime totals (never reset by the panel sync,
+        so they can back Prometheus counters); ``unreported_*`` is what the next panel POST will
+        carry. All four are in the panel's quantity (TRAFFIC_FACTOR x client-side payload).
+        """
+        f = TRAFFIC_FACTOR
+        rows = [{"user": u.label, "protocol": u.protocol,
+                 "source": "panel" if u.user_id is not None else "config",
+                 "inbound": u.inbound_tag, "upload_bytes": u.total_up * f,
+                 "download_bytes": u.total_down * f, "unreported_upload_bytes": u.up * f,
+                 "unreported_download_bytes": u.down * f, "connections": len(u.conns),
+                 "ips": sorted(u.ips)}
                 for u in list(self.users.values())]
+        return sorted(rows, key=_order)
+
+
+def _order(row: dict) -> tuple:
+    """Config clients first, then panel users by numeric user_id."""
+    label = row["user"]
+    return (row["source"], int(label) if label.isdigit() else -1, label)
 
 
 #: the process-wide store (one proxy service per process)

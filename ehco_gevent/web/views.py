@@ -76,7 +76,8 @@ def create_flask_app(app: Any, service: Any) -> Flask:
         return render_template(
             "index.html", info=info,
             start_time=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(build.START_TIME)),
-            subs=subs, relays=relays, sample_interval=SAMPLE_INTERVAL)
+            subs=subs, relays=relays, sample_interval=SAMPLE_INTERVAL,
+            proxy_users=proxy_users(app))
 
     @flask.get("/connections/")
     def connections():
@@ -95,7 +96,12 @@ def create_flask_app(app: Any, service: Any) -> Flask:
     @flask.get("/api/v1/traffic/")
     def traffic_json():
         return {"interval": SAMPLE_INTERVAL, "now": time.time(),
-                "relays": service.history.to_json(), "pings": service.ping_latencies()}
+                "relays": service.history.to_json(), "pings": service.ping_latencies(),
+                "proxy_users": proxy_users(app)}
+
+    @flask.get("/api/v1/proxy_users/")
+    def proxy_users_json():
+        return {"now": time.time(), "users": proxy_users(app)}
 
     @flask.get("/api/v1/config/")
     def current_config():
@@ -124,6 +130,23 @@ def create_flask_app(app: Any, service: Any) -> Flask:
         if make is not None:
             flask.register_blueprint(make())
     return flask
+
+
+def proxy_users(app: Any) -> list[dict] | None:
+    """The embedded proxy's users with their traffic, or None when no xray_config is served.
+
+    Bytes are lifetime totals in the panel's quantity (2 x client-side payload, as ehco), the
+    same numbers as the ehco_proxy_user_* metrics."""
+    cfg = app.config
+    if cfg is None or cfg.xray_config is None:
+        return None
+    from ..proxy.users import collect  # only loaded when a proxy is configured
+
+    rows = collect()
+    for row in rows:
+        row["up"] = pretty_bytes(row["upload_bytes"])
+        row["down"] = pretty_bytes(row["download_bytes"])
+    return rows
 
 
 def connection_row(conn: Any, now: float) -> dict:

@@ -112,10 +112,26 @@ def test_socks_connect_udp_and_bad_input(proxies, echo_server, udp_echo_server):
         assert recv_exact(s, 2) == b"\x05\x00"
         s.sendall(b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50")
         assert recv_exact(s, 2) == b"\x05\x07"
-    # UDP associate on the inbound without udp: true is refused the same way
+    # no-auth offered to the inbound that requires a password: no acceptable method
     with socket.create_connection((LOOPBACK, ports["socks_auth"]), timeout=10) as s:
         s.sendall(b"\x05\x01\x00")
-        assert recv_exact(s, 2) == b"\x05\xff"  # no-auth not acceptable there
+        assert recv_exact(s, 2) == b"\x05\xff"
+    # UDP associate on the inbound without udp: true: command not supported (7)
+    with socket.create_connection((LOOPBACK, ports["socks_auth"]), timeout=10) as s:
+        s.sendall(b"\x05\x01\x02")
+        assert recv_exact(s, 2) == b"\x05\x02"
+        s.sendall(b"\x01\x02u1\x02p1")
+        assert recv_exact(s, 2) == b"\x01\x00"
+        s.sendall(b"\x05\x03\x00\x01" + bytes(6))
+        assert recv_exact(s, 2) == b"\x05\x07"
+    # a bad version in the request (after a good greeting): general failure, closed
+    with socket.create_connection((LOOPBACK, ports["socks"]), timeout=10) as s:
+        s.sendall(b"\x05\x01\x00")
+        assert recv_exact(s, 2) == b"\x05\x00"
+        s.sendall(b"\x04\x01\x00\x01\x7f\x00\x00\x01\x00\x50")
+        assert recv_exact(s, 2) == b"\x05\x01"
+        while s.recv(100):  # the rest of the reply, then the close
+            pass
     # still serving
     with socks5_connect(ports["socks"], LOOPBACK, echo_server.port) as s:
         assert exchange(s, b"again") == b"again"

@@ -7,7 +7,11 @@ import socket
 import ssl
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ehco_gevent import tls
 from ehco_gevent.proxy import trojan
 from tests.proxy.helpers import (
     Program,
@@ -153,3 +157,41 @@ def test_parsers():
     frame = trojan.udp_frame("example.com", 53, b"abc")
     assert trojan.parse_udp_frame(frame[:-1]) is None
     assert trojan.parse_udp_frame(frame + b"z") == ("example.com", 53, b"abc", len(frame))
+
+
+def _peer_certificate(port):
+    with tls_connect(port) as s:
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
+
+
+def test_certificate_from_env_or_generated(tmp_path, ehco, echo_server):
+    """No certificate in the inbound: the process's one (ehco_gevent.tls), i.e. the PEM files
+    named by EHCO_CERT_FILE_NAME / EHCO_KEY_FILE_NAME, else a self-signed RSA-2048 one."""
+    cert_pem, key_pem = tls.self_signed_pem("trojan-env-test")
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    ports = {"env": free_port(), "gen": free_port()}
+    for name, env in (("env", {"EHCO_CERT_FILE_NAME": str(tmp_path / "c.pem"),
+                               "EHCO_KEY_FILE_NAME": str(tmp_path / "k.pem")}),
+                      ("gen", {"EHCO_CERT_FILE_NAME": "", "EHCO_KEY_FILE_NAME": ""})):
+        cfg = {"enable_ping": False, "xray_config": {"inbounds": [
+            {"listen": "127.0.0.1", "port": ports[name], "protocol": "trojan",
+             "settings": {"clients": [{"password": PASSWORD}]}}]}}
+        ehco("-c", write_config(tmp_path, cfg, f"{name}.json"), env=env)
+    for port in ports.values():
+        wait_port(port)
+    env_cert = _peer_certificate(ports["env"])
+    assert env_cert.public_bytes(serialization.Encoding.PEM) == cert_pem
+    gen_cert = _peer_certificate(ports["gen"])
+    assert gen_cert.subject.rfc4514_string() == "CN=ehco"
+    assert isinstance(gen_cert.public_key(), rsa.RSAPublicKey)
+    assert gen_cert.public_key().key_size == 2048
+    # and it serves trojan with it
+    with tls_connect(ports["gen"]) as s:
+        s.sendall(request(PASSWORD, echo_server.port) + b"cert ok")
+        got = b""
+        while len(got) < 7:
+            d = s.recv(100)
+            assert d
+            got += d
+    assert got == b"cert ok"

@@ -127,3 +127,36 @@ def test_index_chart_moves_and_connection_row_updates(web_node, browser):
     assert not traffic.errors, traffic.errors
     assert traffic.sent > 0
     assert outside == [], outside
+
+
+def test_index_lists_proxy_users_with_live_traffic(web_node, browser, echo_server):
+    """With an xray_config the index page lists the proxy's users; their byte counts and
+    connection count follow the traffic without a reload."""
+    from ..proxy.test_shadowsocks import read_reply, raw_ss_connect
+    from ..support import free_tcp_udp_port, wait_port
+
+    ss_port = free_tcp_udp_port()
+    node = web_node(xray_config={"inbounds": [
+        {"listen": LOOPBACK, "port": ss_port, "protocol": "shadowsocks", "tag": "ss_proxy",
+         "settings": {"clients": [{"method": "aes-256-gcm", "password": "pw-b", "email": "b"}]}}]})
+    wait_port(ss_port)
+    page = browser.new_page(viewport={"width": 1200, "height": 1100})
+    page.goto(node.url("/"))
+    row = "#proxy-users tr[data-user='ss_proxy/b']"
+    assert page.get_attribute(row, "data-upload-bytes") == "0"
+    wait_js(page, "window.ehcoTrafficPolls >= 1", "first poll")
+
+    payload = b"p" * 70_000
+    s, _, _ = raw_ss_connect(ss_port, "aes-256-gcm", "pw-b", echo_server.port, first=payload)
+    try:
+        assert read_reply(s, "aes-256-gcm", "pw-b", len(payload)) == payload
+        expected = 2 * len(payload)  # the panel's quantity
+        wait_js(page, f"(() => {{ const r = document.querySelector(\"{row}\");"
+                      f" return r && r.dataset.uploadBytes === '{expected}'"
+                      " && r.dataset.connections === '1'; })()", "user row shows the traffic")
+        assert page.text_content(f"{row} td.up") == "136.72 KiB"
+        page.screenshot(path=str(ARTIFACTS / "web-proxy-users.png"), full_page=True)
+    finally:
+        s.close()
+    wait_js(page, f"document.querySelector(\"{row}\").dataset.connections === '0'",
+            "connection count drops when the client leaves")

@@ -1,5 +1,5 @@
-/* Index page: one uPlot chart per relay (bytes/s up and down), ping latencies, reload button.
- * Polls /api/v1/traffic/ every sample interval; charts are kept in window.ehcoCharts by label. */
+/* Index page: one uPlot chart per relay (bytes/s up and down), ping latencies, the proxy's
+ * users, reload button. Polls /api/v1/traffic/ every sample interval; charts are kept in window.ehcoCharts by label. */
 (function () {
     "use strict";
     var root = document.getElementById("traffic");
@@ -83,6 +83,51 @@
         });
     }
 
+    // proxy users: totals from the feed, rates from the difference between two polls
+    var lastUsers = {};
+
+    function renderProxyUsers(users, now) {
+        var body = document.getElementById("proxy-users");
+        if (!body || !users) return;
+        body.textContent = "";
+        if (!users.length) {
+            var tr = document.createElement("tr");
+            var td = document.createElement("td");
+            td.colSpan = 8; td.className = "muted"; td.textContent = "No proxy users.";
+            tr.appendChild(td); body.appendChild(tr);
+        }
+        var seen = {};
+        users.forEach(function (u) {
+            var prev = lastUsers[u.user], upRate = null, downRate = null;
+            if (prev && now > prev.t) {
+                upRate = Math.max(0, u.upload_bytes - prev.up) / (now - prev.t);
+                downRate = Math.max(0, u.download_bytes - prev.down) / (now - prev.t);
+            }
+            seen[u.user] = { t: now, up: u.upload_bytes, down: u.download_bytes };
+            var tr = document.createElement("tr");
+            tr.setAttribute("data-user", u.user);
+            tr.setAttribute("data-upload-bytes", u.upload_bytes);
+            tr.setAttribute("data-download-bytes", u.download_bytes);
+            tr.setAttribute("data-connections", u.connections);
+            var cells = [
+                [u.user, ""], [u.protocol, ""],
+                [u.source + (u.inbound ? " (" + u.inbound + ")" : ""), ""],
+                [window.ehcoBytes(u.upload_bytes), "up"], [window.ehcoBytes(u.download_bytes), "down"],
+                [upRate == null ? "-" : rate(upRate), "up-rate"],
+                [downRate == null ? "-" : rate(downRate), "down-rate"],
+                [String(u.connections), "conns"]
+            ];
+            cells.forEach(function (c) {
+                var td = document.createElement("td");
+                td.textContent = c[0];
+                if (c[1]) td.className = c[1];
+                tr.appendChild(td);
+            });
+            body.appendChild(tr);
+        });
+        lastUsers = seen;
+    }
+
     function apply(data) {
         var seen = {};
         var empty = document.getElementById("no-relays");
@@ -106,6 +151,7 @@
             if (!seen[label]) { charts[label].plot.destroy(); charts[label].box.remove(); delete charts[label]; }
         });
         renderPings(data.pings || []);
+        renderProxyUsers(data.proxy_users, data.now);
         window.ehcoTrafficPolls += 1;
     }
 
