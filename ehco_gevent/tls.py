@@ -18,6 +18,8 @@ import tempfile
 
 from gevent import ssl
 
+from .config import ConfigError
+
 log = logging.getLogger("ehco.tls")
 
 CERT_ENV = "EHCO_CERT_FILE_NAME"
@@ -45,12 +47,27 @@ def self_signed_pem(common_name: str = "ehco") -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+def _load_files(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
+    """Load the operator's PEM files; a missing or unusable one is a configuration error
+    (exit 2 with the file named), not a traceback."""
+    for env, path in ((CERT_ENV, cert_file), (KEY_ENV, key_file)):
+        if not os.path.isfile(path):
+            raise ConfigError(f"TLS: {env}={path}: no such file")
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = (f"not a matching PEM certificate and key ({exc})" if isinstance(exc, ssl.SSLError)
+                  else exc.strerror or str(exc))
+        raise ConfigError(f"TLS: cannot load certificate {CERT_ENV}={cert_file} with key "
+                          f"{KEY_ENV}={key_file}: {reason}") from None
+
+
 @functools.lru_cache(maxsize=1)
 def server_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     cert_file, key_file = os.environ.get(CERT_ENV), os.environ.get(KEY_ENV)
     if cert_file and key_file:
-        ctx.load_cert_chain(cert_file, key_file)
+        _load_files(ctx, cert_file, key_file)
         log.info("TLS certificate loaded from %s", cert_file)
     else:
         cert_pem, key_pem = self_signed_pem()
