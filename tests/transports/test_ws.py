@@ -369,3 +369,23 @@ def test_frames_mode_peer_speaks_rfc_6455(chains):
     assert frames[-2] == (True, wsproto.OP_BINARY, b"")  # the echo's end of writing
     assert frames[-1][1] == wsproto.OP_CLOSE and frames[-1][2][:2] == struct.pack("!H", 1000)
 
+
+
+@pytest.mark.parametrize("kind", ["ws", "wss"])
+def test_raw_mode_first_bytes_in_the_request_packet_are_relayed(chains, kind):
+    """An ehco-1.1.4-style client may write its first bytes right behind the upgrade request."""
+    _, b = tunnel(chains, kind)
+    with connect(b, kind == "wss") as sock:
+        key = wsproto.new_key()
+        data = os.urandom(70_000)
+        sock.sendall(wsproto.build_request(f"127.0.0.1:{b}", f"/{kind}/", key) + data)
+        got = b""
+        while (split := wsproto.split_head(got)) is None:
+            got += sock.recv(65536)
+        wsproto.check_response(split[0], key)
+        echoed = bytearray(split[1])
+        while len(echoed) < len(data):
+            chunk = sock.recv(65536)
+            assert chunk
+            echoed += chunk
+    assert bytes(echoed) == data
