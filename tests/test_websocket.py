@@ -57,6 +57,22 @@ def test_missing_upgrade_headers_are_not_an_upgrade(drop):
     assert req.path == "/ws/" and not req.is_upgrade
 
 
+@pytest.mark.parametrize("version,ok", [(b"13", True), (b" 13 ", True), (b"8", False), (b"", False),
+                                        (None, False)])
+def test_only_websocket_version_13_is_accepted(version, ok):
+    line = b"Sec-WebSocket-Version: 13\r\n"
+    raw = UPGRADE.replace(line, b"" if version is None else b"Sec-WebSocket-Version: " + version + b"\r\n")
+    req = ws.parse_request(ws.split_head(raw)[0])
+    assert req.is_upgrade and req.version_ok is ok
+
+
+def test_426_names_the_supported_version():
+    resp = ws.build_response(426, "version 13 only\n", "Sec-WebSocket-Version: 13\r\n")
+    head, body = ws.split_head(resp)
+    assert head.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    assert b"\r\nSec-WebSocket-Version: 13\r\n" in head and body == b"version 13 only\n"
+
+
 @pytest.mark.parametrize("line", [b"garbage", b"GET /ws/", b"GET /ws/ SPDY/3", b"\x16\x03\x01\x02\x00"])
 def test_not_an_http_request_line_is_closed_without_answer(line):
     with pytest.raises(HandshakeError) as err:

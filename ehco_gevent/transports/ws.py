@@ -75,6 +75,10 @@ def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
         if not request.is_upgrade:
             io.sendall(wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
             return None
+        if not request.version_ok:
+            io.sendall(wsproto.build_response(426, "Upgrade Required: WebSocket version 13 only\n",
+                                              "Sec-WebSocket-Version: 13\r\n"))
+            return None
         io.sendall(wsproto.build_101(request.header("sec-websocket-key")))
         return _wrap(sock, tls_stream, rest, frames, client=False)
     if request.path == "/" and request.method in ("GET", "HEAD"):
