@@ -19,7 +19,8 @@ import pytest
 from ehco_gevent import smux
 from ehco_gevent import websocket as wsproto
 
-from ..support import EchoServer, EhcoProcess, free_port, roundtrip, sha, wait_port, write_config
+from ..support import free_port as support_free_port
+from ..support import EchoServer, EhcoProcess, roundtrip, sha, wait_port, write_config
 
 KINDS = [("ws", False), ("ws", True), ("wss", False), ("wss", True), ("mwss", False), ("mwss", True)]
 IDS = [f"{k}-{'frames' if f else 'raw'}" for k, f in KINDS]
@@ -79,6 +80,14 @@ def chains(targets, tmp_path_factory):
     """
     tmp = tmp_path_factory.mktemp("ws-chains")
     procs, out, ports = [], {}, []
+    taken = set()
+
+    def free_port():  # 36 listeners: never hand out one port twice
+        while (port := support_free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
     for kind, frames in KINDS:
         a, b = free_port(), free_port()
         extra = ["--ws_frames", "true"] if frames else []
@@ -105,8 +114,16 @@ def chains(targets, tmp_path_factory):
     procs.append(EhcoProcess(["-c", str(cfg_b)], tmp))
     procs.append(EhcoProcess(["-c", str(cfg_a)], tmp))
     try:
+        deadline = time.monotonic() + 90  # 14 processes start at once on a busy machine
         for port in ports:
-            wait_port(port, timeout=90)  # 14 processes start at once on a busy machine
+            while True:
+                dead = [p for p in procs if p.proc.poll() is not None]
+                assert not dead, f"ehco exited at start:\n{dead[0].log}"
+                try:
+                    wait_port(port, timeout=0.5)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"port {port} not listening"
         yield out
     finally:
         for proc in procs:  # all at once, then wait for each
@@ -235,6 +252,17 @@ def test_plain_get_on_the_upgrade_path_is_400(chains, kind):
         sock.sendall(f"GET /{kind}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         answer = read_to_eof(sock)
     assert answer.startswith(b"HTTP/1.1 400 ")
+    still_serves(chains, kind)
+
+
+@pytest.mark.parametrize("kind", ["ws", "wss", "mwss"])
+def test_wrong_websocket_version_is_426(chains, kind):
+    _, b = tunnel(chains, kind)
+    request = wsproto.build_request("x", f"/{kind}/", wsproto.new_key())
+    with connect(b, kind != "ws") as sock:
+        sock.sendall(request.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"))
+        answer = read_to_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 426 ") and b"\r\nSec-WebSocket-Version: 13\r\n" in answer
     still_serves(chains, kind)
 
 
