@@ -70,6 +70,9 @@ def server_context() -> ssl.SSLContext:
         _load_files(ctx, cert_file, key_file)
         log.info("TLS certificate loaded from %s", cert_file)
     else:
+        if cert_file or key_file:
+            log.warning("TLS: only one of %s and %s is set; using a generated certificate",
+                        CERT_ENV, KEY_ENV)
         cert_pem, key_pem = self_signed_pem()
         with tempfile.TemporaryDirectory() as tmp:
             cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")

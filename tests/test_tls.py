@@ -95,3 +95,14 @@ def test_unusable_certificate_exits_2_naming_it(ehco, tmp_path, problem):
     code, log = _exit_of(ehco, tmp_path, str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
     assert code == 2
     assert f"EHCO_CERT_FILE_NAME={tmp_path / 'cert.pem'}" in log and "Traceback" not in log
+
+
+def test_only_one_file_named_warns_and_serves_a_generated_certificate(ehco, tmp_path):
+    cert_pem, _ = self_signed_pem("only-cert")
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    port = free_port()
+    proc = ehco("-l", f"127.0.0.1:{port}", "-lt", "wss", "-r", "127.0.0.1:9",
+                env={"EHCO_CERT_FILE_NAME": str(tmp_path / "cert.pem")})
+    wait_port(port)
+    assert peer_certificate(port) != x509.load_pem_x509_certificate(cert_pem)
+    proc.wait_log("only one of EHCO_CERT_FILE_NAME and EHCO_KEY_FILE_NAME is set")
