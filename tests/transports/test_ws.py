@@ -296,10 +296,20 @@ def test_garbage_tls_client_hello_is_closed(chains, kind):
     still_serves(chains, kind)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def early_silent(chains):
+    """One silent connection per tunnel listener, opened as soon as the chains are up, so the
+    last test can check the 10 s handshake timeout closed them without waiting 10 s itself."""
+    socks = {kind: socket.create_connection(("127.0.0.1", tunnel(chains, kind)[1]), timeout=10)
+             for kind in ("ws", "wss", "mwss")}
+    yield time.monotonic(), socks
+    for sock in socks.values():
+        sock.close()
+
+
 @pytest.mark.parametrize("kind", ["ws", "wss", "mwss"])
-def test_silent_clients_do_not_block_others(chains, kind):
-    """Connected, sending nothing (the handshake timeout closes them after 10 s); meanwhile the
-    listener serves everyone else."""
+def test_silent_clients_do_not_block_others(chains, early_silent, kind):
+    """Connected, sending nothing; meanwhile the listener serves everyone else."""
     _, b = tunnel(chains, kind)
     silent = [socket.create_connection(("127.0.0.1", b), timeout=10) for _ in range(20)]
     try:
@@ -307,6 +317,23 @@ def test_silent_clients_do_not_block_others(chains, kind):
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_mismatched_tunnel_kind_closes_the_client_promptly(chains, tmp_path):
+    """A wss node pointed at an mwss listener gets a 404, not a 101: its client is closed."""
+    _, b = tunnel(chains, "mwss")
+    a = support_free_port()
+    node = EhcoProcess(["-l", f"127.0.0.1:{a}", "-tt", "wss", "-r", f"wss://127.0.0.1:{b}"], tmp_path)
+    try:
+        wait_port(a)
+        with socket.create_connection(("127.0.0.1", a), timeout=10) as sock:
+            sock.sendall(b"hello")
+            start = time.monotonic()
+            assert read_to_eof(sock) == b""
+            assert time.monotonic() - start < 5
+        node.wait_log("upgrade refused")
+    finally:
+        node.stop()
 
 
 def upgraded(port, path, frames=False):
@@ -417,3 +444,12 @@ def test_raw_mode_first_bytes_in_the_request_packet_are_relayed(chains, kind):
             assert chunk
             echoed += chunk
     assert bytes(echoed) == data
+
+
+def test_silent_clients_are_closed_after_the_handshake_timeout(early_silent):
+    """Runs last: the connections opened with the chains have been silent for a while now."""
+    opened, socks = early_silent
+    for kind, sock in socks.items():
+        sock.settimeout(max(0.1, opened + 15 - time.monotonic()))
+        assert read_to_eof(sock) == b"", kind  # closed, without an answer
+        assert time.monotonic() - opened >= 9.5, kind
