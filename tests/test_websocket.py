@@ -251,3 +251,15 @@ def test_garbage_only_ever_raises_frame_error(data, from_client):
             assert op in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG)
     except FrameError:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([b"", b"GET /ws/ HTTP/1.1\r\n", b"HTTP/1.1 101 x\r\n"]))
+def test_any_head_only_ever_raises_handshake_error(data, prefix):
+    raw = prefix + data + b"\r\n\r\n"
+    head, _ = ws.split_head(raw)
+    for check in (ws.parse_request, lambda h: ws.check_response(h, RFC_KEY)):
+        try:
+            check(head)
+        except HandshakeError:
+            pass
