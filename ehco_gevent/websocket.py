@@ -100,6 +100,11 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode()
 
 
+def host_header(host: str, port: int) -> str:
+    """``Host`` value for a dial target: IPv6 literals need brackets (``[::1]:443``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def build_request(host: str, path: str, key: str) -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"

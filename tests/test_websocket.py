@@ -95,6 +95,14 @@ def test_built_request_parses_back_as_an_upgrade():
     assert len(__import__("base64").b64decode(key)) == 16
 
 
+@pytest.mark.parametrize("host,port,value", [("10.0.0.1", 443, "10.0.0.1:443"),
+                                             ("example.com", 80, "example.com:80"),
+                                             ("::1", 8443, "[::1]:8443"),
+                                             ("2001:db8::5", 1, "[2001:db8::5]:1")])
+def test_host_header_brackets_ipv6(host, port, value):
+    assert ws.host_header(host, port) == value
+
+
 def test_101_carries_the_accept_key():
     response = ws.build_101(RFC_KEY)
     assert response.startswith(b"HTTP/1.1 101 ")

@@ -131,7 +131,7 @@ def dial_upgrade(remote: str, path: str, tls: bool, frames: bool,
                                                  server_hostname=host or None)
                 io = tls_stream
             key = wsproto.new_key()
-            io.sendall(wsproto.build_request(f"{host}:{port}", path, key))
+            io.sendall(wsproto.build_request(wsproto.host_header(host, port), path, key))
             head, rest = read_head(io, timeout + HANDSHAKE_TIMEOUT)
             wsproto.check_response(head, key)
     except BaseException:
