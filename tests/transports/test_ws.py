@@ -235,6 +235,32 @@ def test_health_text_on_get_root(chains, kind):
     still_serves(chains, kind)
 
 
+@pytest.mark.parametrize("kind", ["ws", "wss"])
+def test_head_root_gets_the_head_only(chains, kind):
+    _, b = tunnel(chains, kind)
+    with connect(b, kind != "ws") as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_to_eof(sock)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: " in head and body == b""
+
+
+@pytest.mark.parametrize("request_line", [b"GET / HTTP/1.1", b"GET /nope HTTP/1.1"])
+def test_tls_answers_end_with_close_notify(chains, request_line):
+    """curl and browsers report a TLS stream cut without close_notify as an error."""
+    _, b = tunnel(chains, "wss")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", b), timeout=10)
+    with ctx.wrap_socket(raw, suppress_ragged_eofs=False) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):  # SSLEOFError here if the end was not clean
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 ")
+
+
 @pytest.mark.parametrize("kind", ["ws", "wss", "mwss"])
 def test_wrong_path_is_404(chains, kind):
     _, b = tunnel(chains, kind)
