@@ -10,10 +10,12 @@ Contexts come from gevent's ssl module, so handshakes and reads wait on the hub.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import logging
 import os
+import shutil
 import tempfile
 
 from gevent import ssl
@@ -63,26 +65,43 @@ def _load_files(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def server_context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def certificate_files() -> tuple[str, str]:
+    """``(cert, key)`` paths of this process's certificate: the operator's files (checked once
+    here, so a bad one stops the start), or a self-signed one generated on first use and kept
+    in a private temporary folder until exit (one certificate for every TLS listener)."""
     cert_file, key_file = os.environ.get(CERT_ENV), os.environ.get(KEY_ENV)
     if cert_file and key_file:
-        _load_files(ctx, cert_file, key_file)
+        _load_files(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert_file, key_file)
         log.info("TLS certificate loaded from %s", cert_file)
-    else:
-        if cert_file or key_file:
-            log.warning("TLS: only one of %s and %s is set; using a generated certificate",
-                        CERT_ENV, KEY_ENV)
-        cert_pem, key_pem = self_signed_pem()
-        with tempfile.TemporaryDirectory() as tmp:
-            cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-            with open(cert_path, "wb") as fh:
-                fh.write(cert_pem)
-            with open(key_path, "wb") as fh:
-                fh.write(key_pem)
-            ctx.load_cert_chain(cert_path, key_path)
-        log.info("TLS: generated a self-signed RSA-2048 certificate")
+        return cert_file, key_file
+    if cert_file or key_file:
+        log.warning("TLS: only one of %s and %s is set; using a generated certificate",
+                    CERT_ENV, KEY_ENV)
+    cert_pem, key_pem = self_signed_pem()
+    folder = tempfile.mkdtemp(prefix="ehco-tls-")
+    atexit.register(shutil.rmtree, folder, True)
+    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    with open(cert_path, "wb") as fh:
+        fh.write(cert_pem)
+    with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+        fh.write(key_pem)
+    log.info("TLS: generated a self-signed RSA-2048 certificate")
+    return cert_path, key_path
+
+
+def new_server_context() -> ssl.SSLContext:
+    """A server context of the caller's own, with the process's certificate: for callers that
+    set options on it (trojan's ALPN), which must not leak into the shared wss context."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _load_files(ctx, *certificate_files())
     return ctx
+
+
+@functools.lru_cache(maxsize=1)
+def server_context() -> ssl.SSLContext:
+    """The context shared by the wss and mwss listeners; never modify it (see
+    :func:`new_server_context`)."""
+    return new_server_context()
 
 
 @functools.lru_cache(maxsize=1)

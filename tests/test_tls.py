@@ -106,3 +106,43 @@ def test_only_one_file_named_warns_and_serves_a_generated_certificate(ehco, tmp_
     wait_port(port)
     assert peer_certificate(port) != x509.load_pem_x509_certificate(cert_pem)
     proc.wait_log("only one of EHCO_CERT_FILE_NAME and EHCO_KEY_FILE_NAME is set")
+
+
+
+def negotiated_alpn(server_ctx) -> str | None:
+    """Handshake a client offering h2 against ``server_ctx`` in memory; the protocol chosen."""
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    client_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = set()
+    for _ in range(10):
+        for name, obj in (("client", client), ("server", server)):
+            try:
+                obj.do_handshake()
+                done.add(name)
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if done == {"client", "server"}:
+            return server.selected_alpn_protocol()
+    raise AssertionError("handshake did not finish")
+
+
+def test_contexts_for_other_users_do_not_change_the_shared_one():
+    """trojan sets ALPN on its own context; the wss listeners' shared one must not offer h2."""
+    from ehco_gevent import tls
+    from ehco_gevent.proxy import tls_temp
+
+    own = tls.new_server_context()
+    own.set_alpn_protocols(["h2", "http/1.1"])
+    assert own is not tls.server_context()
+    assert negotiated_alpn(own) == "h2"
+    assert negotiated_alpn(tls.server_context()) is None
+    trojan = tls_temp.server_context("", "", ("h2", "http/1.1"))  # trojan inbound, no cert of its own
+    assert negotiated_alpn(trojan) == "h2"
+    assert negotiated_alpn(tls.server_context()) is None

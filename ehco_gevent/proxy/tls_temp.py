@@ -47,7 +47,8 @@ _GENERATED: tuple[str, str] | None = None
 def server_context(cert_file: str = "", key_file: str = "", alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     if not cert_file:
         try:  # the project's helper, once merged
-            from ..tls import server_context as project_context  # type: ignore[attr-defined]
+            # a context of its own: the ALPN set below must not reach the shared wss context
+            from ..tls import new_server_context as project_context  # type: ignore[attr-defined]
 
             ctx = project_context()
             if alpn:
