@@ -164,3 +164,29 @@ def test_frames_pending_bytes_from_the_handshake_are_decoded():
         assert read_all(client) == b"greeting and more"
     client.close()
     b.close()
+
+
+def test_frames_large_writes_are_split_below_the_peers_limit():
+    """One write bigger than the 16 MiB a decoder accepts still arrives (in 1 MiB frames)."""
+    a, b = tcp_pair()
+    client = FramedStream(SocketStream(a), client=True)
+    server = FramedStream(SocketStream(b), client=False)
+    data = os.urandom(17 * 1024 * 1024 + 5)
+    writer = gevent.spawn(lambda: (client.sendall(data), client.shutdown_write()))
+    with gevent.Timeout(30):
+        assert read_all(server) == data
+    writer.get()
+    client.close()
+    server.close()
+
+    a, b = tcp_pair()
+    client = FramedStream(SocketStream(a), client=True)
+    client.sendall(memoryview(os.urandom(2 * FramedStream.SEND_FRAME + 3)))
+    client.shutdown_write()
+    b.settimeout(5)
+    dec, frames = wsproto.FrameDecoder(from_client=True), []
+    while len(frames) < 4:
+        frames += dec.feed(b.recv(1 << 20))
+    assert [len(p) for _, _, p in frames] == [FramedStream.SEND_FRAME] * 2 + [3, 0]
+    client.close()
+    b.close()
