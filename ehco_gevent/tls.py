@@ -10,13 +10,17 @@ Contexts come from gevent's ssl module, so handshakes and reads wait on the hub.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import logging
 import os
+import shutil
 import tempfile
 
 from gevent import ssl
+
+from .config import ConfigError
 
 log = logging.getLogger("ehco.tls")
 
@@ -45,46 +49,57 @@ def self_signed_pem(common_name: str = "ehco") -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+def _load_files(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
+    """Load the operator's PEM files; a missing or unusable one is a configuration error
+    (exit 2 with the file named), not a traceback."""
+    for env, path in ((CERT_ENV, cert_file), (KEY_ENV, key_file)):
+        if not os.path.isfile(path):
+            raise ConfigError(f"TLS: {env}={path}: no such file")
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = (f"not a matching PEM certificate and key ({exc})" if isinstance(exc, ssl.SSLError)
+                  else exc.strerror or str(exc))
+        raise ConfigError(f"TLS: cannot load certificate {CERT_ENV}={cert_file} with key "
+                          f"{KEY_ENV}={key_file}: {reason}") from None
+
+
 @functools.lru_cache(maxsize=1)
-def _process_certificate() -> tuple[bytes, bytes] | None:
-    """The process's own certificate: None when the environment names PEM files, else a
-    self-signed one generated once, so wss and trojan present the same certificate."""
-    if os.environ.get(CERT_ENV) and os.environ.get(KEY_ENV):
-        return None
-    pems = self_signed_pem()
+def certificate_files() -> tuple[str, str]:
+    """``(cert, key)`` paths of this process's certificate: the operator's files (checked once
+    here, so a bad one stops the start), or a self-signed one generated on first use and kept
+    in a private temporary folder until exit (one certificate for every TLS listener)."""
+    cert_file, key_file = os.environ.get(CERT_ENV), os.environ.get(KEY_ENV)
+    if cert_file and key_file:
+        _load_files(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert_file, key_file)
+        log.info("TLS certificate loaded from %s", cert_file)
+        return cert_file, key_file
+    if cert_file or key_file:
+        log.warning("TLS: only one of %s and %s is set; using a generated certificate",
+                    CERT_ENV, KEY_ENV)
+    cert_pem, key_pem = self_signed_pem()
+    folder = tempfile.mkdtemp(prefix="ehco-tls-")
+    atexit.register(shutil.rmtree, folder, True)
+    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    with open(cert_path, "wb") as fh:
+        fh.write(cert_pem)
+    with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+        fh.write(key_pem)
     log.info("TLS: generated a self-signed RSA-2048 certificate")
-    return pems
-
-
-def _load_pems(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    # load_cert_chain only reads files; they live just long enough to be read
-    with tempfile.TemporaryDirectory() as tmp:
-        cert_path, key_path = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        with open(cert_path, "wb") as fh:
-            fh.write(cert_pem)
-        with open(key_path, "wb") as fh:
-            fh.write(key_pem)
-        ctx.load_cert_chain(cert_path, key_path)
+    return cert_path, key_path
 
 
 def new_server_context(cert_file: str = "", key_file: str = "",
                        alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
-    """A fresh server context: the given PEM files, else the process's certificate
-    (``EHCO_CERT_FILE_NAME``/``EHCO_KEY_FILE_NAME`` or the generated one).
-
-    Fresh so that a listener with its own files or ALPN list (a trojan inbound) does not
-    change the context every wss listener shares. Raises OSError (ssl.SSLError) for files
+    """A server context of the caller's own: the given PEM files, else the process's
+    certificate. Own, so that options a caller sets (a trojan inbound's ALPN list) do not leak
+    into the context every wss listener shares. Raises OSError (ssl.SSLError) for given files
     that cannot be loaded."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if cert_file and key_file:
         ctx.load_cert_chain(cert_file, key_file)
     else:
-        generated = _process_certificate()
-        if generated is None:
-            ctx.load_cert_chain(os.environ[CERT_ENV], os.environ[KEY_ENV])
-            log.info("TLS certificate loaded from %s", os.environ[CERT_ENV])
-        else:
-            _load_pems(ctx, *generated)
+        _load_files(ctx, *certificate_files())
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
@@ -92,8 +107,8 @@ def new_server_context(cert_file: str = "", key_file: str = "",
 
 @functools.lru_cache(maxsize=1)
 def server_context() -> ssl.SSLContext:
-    """The shared server context of the wss/mwss listeners (and of trojan inbounds without
-    their own certificate or ALPN)."""
+    """The context shared by the wss and mwss listeners; never modify it (see
+    :func:`new_server_context`)."""
     return new_server_context()
 
 

@@ -65,6 +65,11 @@ class Request:
                 and "upgrade" in self.header("connection").lower()
                 and bool(self.header("sec-websocket-key")))
 
+    @property
+    def version_ok(self) -> bool:
+        """RFC 6455 speaks version 13 only; any other (or none) gets a 426 naming 13."""
+        return self.header("sec-websocket-version").strip() == "13"
+
 
 def _parse_headers(lines: list[bytes]) -> dict[str, str]:
     headers: dict[str, str] = {}
@@ -95,6 +100,11 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode()
 
 
+def host_header(host: str, port: int) -> str:
+    """``Host`` value for a dial target: IPv6 literals need brackets (``[::1]:443``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def build_request(host: str, path: str, key: str) -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -106,12 +116,13 @@ def build_101(key: str) -> bytes:
             f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n").encode("latin-1")
 
 
-def build_response(status: int, body: str) -> bytes:
+def build_response(status: int, body: str, extra_headers: str = "") -> bytes:
+    """A complete plain-text response; ``extra_headers`` is ``"Name: value\\r\\n"`` lines."""
     reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-               431: "Request Header Fields Too Large"}
+               426: "Upgrade Required", 431: "Request Header Fields Too Large"}
     data = body.encode()
-    return (f"HTTP/1.1 {status} {reasons.get(status, 'Error')}\r\nContent-Type: text/plain; "
-            f"charset=utf-8\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    return (f"HTTP/1.1 {status} {reasons.get(status, 'Error')}\r\n{extra_headers}Content-Type: "
+            f"text/plain; charset=utf-8\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
             ).encode("latin-1") + data
 
 

@@ -152,6 +152,8 @@ class FramedStream:
     """RFC 6455 binary frames over another stream (plain or TLS)."""
 
     splice_socket = None
+    #: largest frame we send; well under the 16 MiB a decoder accepts
+    SEND_FRAME = 1024 * 1024
 
     def __init__(self, inner, client: bool, pending: bytes = b""):
         self.inner = inner
@@ -210,8 +212,10 @@ class FramedStream:
     def sendall(self, data) -> None:
         if self._write_done:
             raise BrokenPipeError("ws stream is closed for writing")
-        if len(data):
-            self.inner.sendall(wsproto.encode_frame(wsproto.OP_BINARY, data, masked=self.client))
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), self.SEND_FRAME):  # the peer refuses frames over 16 MiB
+            chunk = view[start:start + self.SEND_FRAME]
+            self.inner.sendall(wsproto.encode_frame(wsproto.OP_BINARY, chunk, masked=self.client))
 
     def shutdown_write(self) -> None:
         if self._write_done:

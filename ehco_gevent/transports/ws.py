@@ -73,15 +73,30 @@ def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
     request = wsproto.parse_request(head)
     if request.path == path and request.method == "GET":
         if not request.is_upgrade:
-            io.sendall(wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
+            _answer(io, wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
+            return None
+        if not request.version_ok:
+            _answer(io, wsproto.build_response(426, "Upgrade Required: WebSocket version 13 only\n",
+                                               "Sec-WebSocket-Version: 13\r\n"))
             return None
         io.sendall(wsproto.build_101(request.header("sec-websocket-key")))
         return _wrap(sock, tls_stream, rest, frames, client=False)
     if request.path == "/" and request.method in ("GET", "HEAD"):
-        io.sendall(wsproto.build_response(200, index_text(client_addr)))
+        response = wsproto.build_response(200, index_text(client_addr))
+        if request.method == "HEAD":  # the same head, no body (RFC 9110 9.3.2)
+            response = wsproto.split_head(response)[0]
+        _answer(io, response)
         return None
-    io.sendall(wsproto.build_response(404, "404 page not found\n"))
+    _answer(io, wsproto.build_response(404, "404 page not found\n"))
     return None
+
+
+def _answer(io, response: bytes) -> None:
+    """Send a final HTTP answer and end our writing (TLS: close_notify, so clients such as curl
+    see a clean end rather than a truncated TLS stream)."""
+    io.sendall(response)
+    if hasattr(io, "shutdown_write"):
+        io.shutdown_write()
 
 
 class WSInbound:
@@ -127,7 +142,7 @@ def dial_upgrade(remote: str, path: str, tls: bool, frames: bool,
                                                  server_hostname=host or None)
                 io = tls_stream
             key = wsproto.new_key()
-            io.sendall(wsproto.build_request(f"{host}:{port}", path, key))
+            io.sendall(wsproto.build_request(wsproto.host_header(host, port), path, key))
             head, rest = read_head(io, timeout + HANDSHAKE_TIMEOUT)
             wsproto.check_response(head, key)
     except BaseException:

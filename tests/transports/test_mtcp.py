@@ -2,9 +2,13 @@
 
 import os
 import socket
+import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from ehco_gevent.smux import FIN, MAX_STREAMS, PSH, SYN, FrameDecoder, encode_frame
 
 from ..support import EchoServer, free_port, roundtrip, sha, wait_port
 
@@ -51,3 +55,47 @@ def test_garbage_on_the_mtcp_port_leaves_others_serving(chain):
         junk.sendall(b"GET / HTTP/1.1\r\n\r\n" * 10)
         assert junk.recv(100) == b""  # protocol error: that session is closed
     assert roundtrip(a, b"still fine") == b"still fine"
+
+
+def _closes_promptly(sock):
+    sock.settimeout(10)
+    start = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("header", [struct.pack("<BBHI", 2, PSH, 0, 3),   # unknown version
+                                    struct.pack("<BBHI", 1, 9, 0, 3)],    # unknown command
+                         ids=["version", "command"])
+def test_bad_smux_header_closes_the_session_and_others_are_served(chain, header):
+    a, b = chain[0], chain[1]
+    with socket.create_connection(("127.0.0.1", b), timeout=5) as sock:
+        sock.sendall(encode_frame(SYN, 3) + encode_frame(PSH, 3, b"x") + header)
+        _closes_promptly(sock)
+    assert roundtrip(a, b"still fine") == b"still fine"
+
+
+def test_frame_longer_than_its_data_then_peer_closes(chain):
+    a, b = chain[0], chain[1]
+    with socket.create_connection(("127.0.0.1", b), timeout=5) as sock:
+        sock.sendall(encode_frame(SYN, 3) + struct.pack("<BBHI", 1, PSH, 1000, 3) + b"only ten b")
+        sock.shutdown(socket.SHUT_WR)
+        _closes_promptly(sock)
+    assert roundtrip(a, b"still fine") == b"still fine"
+
+
+def test_ten_thousand_syns_are_refused_beyond_the_stream_limit(chain):
+    a, b = chain[0], chain[1]
+    with socket.create_connection(("127.0.0.1", b), timeout=20) as sock:
+        sock.sendall(b"".join(encode_frame(SYN, 3 + 2 * i) for i in range(10_000)))
+        decoder, fins = FrameDecoder(), set()
+        while len(fins) < 10_000 - MAX_STREAMS:
+            chunk = sock.recv(65536)
+            assert chunk, "session closed"
+            fins.update(sid for cmd, sid, _ in decoder.feed(chunk) if cmd == FIN)
+        assert min(fins) == 3 + 2 * MAX_STREAMS
+        assert roundtrip(a, b"served meanwhile") == b"served meanwhile"
