@@ -1,0 +1,214 @@
+"""Our node against a Go ehco-1.1.4-style node (tests/interop/goehco, xtaci/smux + gorilla).
+
+Every chain is two nodes and a final echo server that greets first (a server-first protocol):
+either ours (client, ``-tt``) -> Go (server) or Go (client) -> ours (server, ``-lt``). Each
+chain is started once per module and shared by its tests.
+
+Half-close: a client that shuts down its write side gets the whole answer wherever both nodes
+can pass a half-close on. The Go peer, like ehco, cannot half-close an smux v1 stream (it
+closes a stream only when both directions are done) and WebSocket messages have no half-close,
+so those chains are checked by reading back exactly the bytes sent instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ..support import LOOPBACK, EchoServer, EhcoProcess, free_port, roundtrip, sha, wait_port
+
+GREETING = b"220 interop.example ESMTP ready\r\n"
+SMUX = {"mwss", "mtcp"}
+SCHEME = {"ws": "ws://", "wss": "wss://", "mwss": "wss://", "mtcp": ""}
+
+
+@dataclass(frozen=True)
+class Case:
+    transport: str
+    ours_client: bool  # True: ours -> Go server; False: Go client -> ours
+    frames: bool = False
+
+    @property
+    def id(self) -> str:
+        way = "ours_to_go" if self.ours_client else "go_to_ours"
+        return f"{self.transport}{'-frames' if self.frames else ''}-{way}"
+
+    @property
+    def half_close(self) -> bool:
+        """Does a client's shutdown(SHUT_WR) travel through this chain to the echo server?"""
+        if self.ours_client:
+            # ours -> Go: TCP shutdown, TLS close_notify, smux FIN (Go reads EOF, then
+            # CloseWrite()s its TCP remote); only frames without smux lack a half-close.
+            return not (self.frames and self.transport != "mwss")
+        # Go client: no smux half-close, no WebSocket-message half-close.
+        return not self.frames and self.transport not in SMUX
+
+
+CASES = ([Case(t, ours) for t in ("ws", "wss", "mwss", "mtcp") for ours in (True, False)]
+         + [Case(t, ours, frames=True) for t in ("ws", "wss", "mwss") for ours in (True, False)])
+
+
+class GoNode:
+    """The Go peer as a real process, output in a log file, stopped by PID."""
+
+    def __init__(self, binary: Path, args: list[str], log_dir: Path):
+        self.log_path = log_dir / f"goehco-{time.monotonic_ns()}.log"
+        self.log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(binary), *args], stdout=self.log_file,
+                                     stderr=subprocess.STDOUT)
+
+    @property
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+@dataclass
+class Chain:
+    case: Case
+    port: int  # where a client connects
+    go: GoNode
+    ours: EhcoProcess
+    echo: EchoServer
+    notes: list = field(default_factory=list)
+
+    def go_sessions(self) -> int:
+        """smux sessions the Go node has made (client) or accepted (server) so far."""
+        needle = "session accepted" if self.case.ours_client else "session dialed"
+        return self.go.log.count(needle)
+
+    def describe(self) -> str:
+        return f"--- go log ---\n{self.go.log}\n--- ehco log ---\n{self.ours.log}"
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: c.id)
+def chain(request, goehco, tmp_path_factory):
+    case: Case = request.param
+    tmp = tmp_path_factory.mktemp(case.id)
+    echo = EchoServer(greeting=GREETING)
+    entry, middle = free_port(), free_port()
+    go_args = ["-transport", case.transport] + (["-frames"] if case.frames else [])
+    ours_args = ["--ws_frames"] if case.frames else []
+    if case.ours_client:
+        go = GoNode(goehco, ["-mode", "server", *go_args, "-l", f"{LOOPBACK}:{middle}",
+                             "-r", f"{LOOPBACK}:{echo.port}"], tmp)
+        ours = EhcoProcess(["-l", f"{LOOPBACK}:{entry}", "-tt", case.transport,
+                            "-r", f"{SCHEME[case.transport]}{LOOPBACK}:{middle}", *ours_args], tmp)
+    else:
+        ours = EhcoProcess(["-l", f"{LOOPBACK}:{middle}", "-lt", case.transport,
+                            "-r", f"{LOOPBACK}:{echo.port}", *ours_args], tmp)
+        go = GoNode(goehco, ["-mode", "client", *go_args, "-l", f"{LOOPBACK}:{entry}",
+                             "-r", f"{LOOPBACK}:{middle}"], tmp)
+    chain = Chain(case, entry, go, ours, echo)
+    try:
+        wait_port(middle)
+        wait_port(entry)
+        yield chain
+    finally:
+        ours.stop()
+        go.stop()
+        echo.close()
+
+
+def exact_roundtrip(port: int, payload: bytes, timeout: float = 60.0,
+                    barrier: threading.Barrier | None = None) -> bytes:
+    """Greeting first, then send payload and read back exactly as many bytes (no half-close)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
+        assert recv_exactly(conn, len(GREETING)) == GREETING
+        if barrier is not None:
+            barrier.wait(timeout)
+        sender = threading.Thread(target=conn.sendall, args=(payload,))
+        sender.start()
+        answer = recv_exactly(conn, len(payload))
+        sender.join()
+        return answer
+
+
+def recv_exactly(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(min(1 << 20, n - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def half_close_roundtrip(port: int, payload: bytes,
+                         barrier: threading.Barrier | None = None) -> bytes:
+    if barrier is None:
+        return roundtrip(port, payload, greeting=GREETING)
+    with socket.create_connection((LOOPBACK, port), timeout=60) as conn:
+        assert recv_exactly(conn, len(GREETING)) == GREETING
+        barrier.wait(60)
+        sender = threading.Thread(target=lambda: (conn.sendall(payload),
+                                                  conn.shutdown(socket.SHUT_WR)))
+        sender.start()
+        answer = recv_exactly(conn, len(payload) + 1)  # +1: must end in EOF, not more bytes
+        sender.join()
+        return answer
+
+
+def check(chain: Chain, payload: bytes, barrier=None) -> bool:
+    run = half_close_roundtrip if chain.case.half_close else exact_roundtrip
+    return sha(run(chain.port, payload, barrier=barrier)) == sha(payload)
+
+
+def test_greeting_arrives_first(chain):
+    with socket.create_connection((LOOPBACK, chain.port), timeout=15) as conn:
+        # nothing sent yet: the greeting must come through the tunnel on its own
+        assert recv_exactly(conn, len(GREETING)) == GREETING, chain.describe()
+        conn.sendall(b"EHLO me\r\n")
+        assert recv_exactly(conn, 9) == b"EHLO me\r\n"
+
+
+@pytest.mark.parametrize("size", [1, 64 * 1024, 16 * 1024 * 1024], ids=["1B", "64KiB", "16MiB"])
+def test_payload_sha256(chain, size):
+    data = os.urandom(size)
+    assert check(chain, data), chain.describe()
+
+
+def test_twenty_parallel_connections(chain):
+    """All 20 are open at once (a barrier after each greeting), so the smux pools must use
+    several sessions: at least 4 with 5 streams each."""
+    before = chain.go_sessions()
+    barrier = threading.Barrier(20)
+    payloads = [os.urandom(100_000 + 997 * i) for i in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda d: check(chain, d, barrier), payloads))
+    assert all(results), chain.describe()
+    if chain.case.transport in SMUX:
+        assert chain.go_sessions() - before >= 4, chain.describe()
+
+
+def test_half_close(chain):
+    """The client shuts down its write side first and still gets every byte of the answer."""
+    if not chain.case.half_close:
+        pytest.skip("the Go peer cannot pass a half-close on over "
+                    f"{'WebSocket messages' if chain.case.frames else 'smux v1'}")
+    data = os.urandom(1 << 20)
+    with socket.create_connection((LOOPBACK, chain.port), timeout=30) as conn:
+        assert recv_exactly(conn, len(GREETING)) == GREETING
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        answer = recv_exactly(conn, len(data) + 1)
+    assert sha(answer) == sha(data), chain.describe()
