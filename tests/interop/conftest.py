@@ -35,7 +35,11 @@ def _require_go_lib(import_path: str, package: str) -> None:
 
 @pytest.fixture(scope="session")
 def goehco(tmp_path_factory) -> Path:
-    """Path of the built Go peer; a compile error fails (it is our code), never skips."""
+    """Path of the built Go peer; a compile error fails (it is our code), never skips.
+
+    CGO_ENABLED stays as Go defaults it: Debian's Go 1.19 ships its standard library
+    precompiled that way, so a build takes ~2 s instead of ~20 s with a cold cache.
+    """
     go = require_program("go", "golang-go")
     for import_path, package in GO_LIBS.items():
         _require_go_lib(import_path, package)
@@ -43,7 +47,7 @@ def goehco(tmp_path_factory) -> Path:
     binary = work / "goehco"
     env = dict(os.environ)
     env.update(GO111MODULE="off", GOPATH=f"{work / 'gopath'}{os.pathsep}{GOCODE}",
-               GOCACHE=str(work / "gocache"), GOFLAGS="", CGO_ENABLED="0")
+               GOCACHE=str(work / "gocache"), GOFLAGS="")
     result = subprocess.run([go, "build", "-o", str(binary), str(SOURCE)], env=env, cwd=work,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"go build failed:\n{result.stdout}\n{result.stderr}"

@@ -1,8 +1,9 @@
 """Our node against a Go ehco-1.1.4-style node (tests/interop/goehco, xtaci/smux + gorilla).
 
 Every chain is two nodes and a final echo server that greets first (a server-first protocol):
-either ours (client, ``-tt``) -> Go (server) or Go (client) -> ours (server, ``-lt``). Each
-chain is started once per module and shared by its tests.
+ours (client, ``-tt``) -> Go (server), Go (client) -> ours (server, ``-lt``), or Go -> Go (a
+cheap sanity check that the peer itself is right). Each chain is started once per module and
+shared by its tests; when the smux pools are exercised, the Go node's log counts its sessions.
 
 Half-close: a client that shuts down its write side gets the whole answer wherever both nodes
 can pass a half-close on. The Go peer, like ehco, cannot half-close an smux v1 stream (it
@@ -19,7 +20,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,16 @@ SCHEME = {"ws": "ws://", "wss": "wss://", "mwss": "wss://", "mtcp": ""}
 @dataclass(frozen=True)
 class Case:
     transport: str
-    ours_client: bool  # True: ours -> Go server; False: Go client -> ours
+    way: str  # "ours_to_go", "go_to_ours", or "go_to_go" (a sanity check of the Go peer)
     frames: bool = False
 
     @property
+    def ours_client(self) -> bool:
+        return self.way == "ours_to_go"
+
+    @property
     def id(self) -> str:
-        way = "ours_to_go" if self.ours_client else "go_to_ours"
-        return f"{self.transport}{'-frames' if self.frames else ''}-{way}"
+        return f"{self.transport}{'-frames' if self.frames else ''}-{self.way}"
 
     @property
     def half_close(self) -> bool:
@@ -53,8 +57,15 @@ class Case:
         return not self.frames and self.transport not in SMUX
 
 
-CASES = ([Case(t, ours) for t in ("ws", "wss", "mwss", "mtcp") for ours in (True, False)]
-         + [Case(t, ours, frames=True) for t in ("ws", "wss", "mwss") for ours in (True, False)])
+WAYS = ("ours_to_go", "go_to_ours", "go_to_go")
+# No Go -> Go over smux: xtaci/smux 1.5.16's OpenStream writes the SYN before it registers the
+# stream, so a server-first greeting that a Go server relays back within microseconds is
+# dropped by the Go client as data for an unknown stream (seen here as a hang every ~20-100
+# connections). Our smux registers the stream before sending its SYN, and a Python server
+# cannot answer inside that window, so the mixed chains are not affected.
+CASES = [Case(t, way, frames) for frames, kinds in ((False, ("ws", "wss", "mwss", "mtcp")),
+                                                    (True, ("ws", "wss", "mwss")))
+         for t in kinds for way in WAYS if not (way == "go_to_go" and t in SMUX)]
 
 
 class GoNode:
@@ -87,9 +98,8 @@ class Chain:
     case: Case
     port: int  # where a client connects
     go: GoNode
-    ours: EhcoProcess
+    other: EhcoProcess | GoNode  # our node, or the Go server in go_to_go
     echo: EchoServer
-    notes: list = field(default_factory=list)
 
     def go_sessions(self) -> int:
         """smux sessions the Go node has made (client) or accepted (server) so far."""
@@ -97,7 +107,7 @@ class Chain:
         return self.go.log.count(needle)
 
     def describe(self) -> str:
-        return f"--- go log ---\n{self.go.log}\n--- ehco log ---\n{self.ours.log}"
+        return f"--- go client/server log ---\n{self.go.log}\n--- other node ---\n{self.other.log}"
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: c.id)
@@ -111,20 +121,25 @@ def chain(request, goehco, tmp_path_factory):
     if case.ours_client:
         go = GoNode(goehco, ["-mode", "server", *go_args, "-l", f"{LOOPBACK}:{middle}",
                              "-r", f"{LOOPBACK}:{echo.port}"], tmp)
-        ours = EhcoProcess(["-l", f"{LOOPBACK}:{entry}", "-tt", case.transport,
+        other = EhcoProcess(["-l", f"{LOOPBACK}:{entry}", "-tt", case.transport,
                             "-r", f"{SCHEME[case.transport]}{LOOPBACK}:{middle}", *ours_args], tmp)
-    else:
-        ours = EhcoProcess(["-l", f"{LOOPBACK}:{middle}", "-lt", case.transport,
+    elif case.way == "go_to_ours":
+        other = EhcoProcess(["-l", f"{LOOPBACK}:{middle}", "-lt", case.transport,
                             "-r", f"{LOOPBACK}:{echo.port}", *ours_args], tmp)
         go = GoNode(goehco, ["-mode", "client", *go_args, "-l", f"{LOOPBACK}:{entry}",
                              "-r", f"{LOOPBACK}:{middle}"], tmp)
-    chain = Chain(case, entry, go, ours, echo)
+    else:  # both Go: checks the peer itself
+        other = GoNode(goehco, ["-mode", "server", *go_args, "-l", f"{LOOPBACK}:{middle}",
+                               "-r", f"{LOOPBACK}:{echo.port}"], tmp)
+        go = GoNode(goehco, ["-mode", "client", *go_args, "-l", f"{LOOPBACK}:{entry}",
+                             "-r", f"{LOOPBACK}:{middle}"], tmp)
+    chain = Chain(case, entry, go, other, echo)
     try:
         wait_port(middle)
         wait_port(entry)
         yield chain
     finally:
-        ours.stop()
+        other.stop()
         go.stop()
         echo.close()
 
@@ -135,7 +150,7 @@ def exact_roundtrip(port: int, payload: bytes, timeout: float = 60.0,
     with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
         assert recv_exactly(conn, len(GREETING)) == GREETING
         if barrier is not None:
-            barrier.wait(timeout)
+            barrier.wait(20)
         sender = threading.Thread(target=conn.sendall, args=(payload,))
         sender.start()
         answer = recv_exactly(conn, len(payload))
@@ -159,7 +174,7 @@ def half_close_roundtrip(port: int, payload: bytes,
         return roundtrip(port, payload, greeting=GREETING)
     with socket.create_connection((LOOPBACK, port), timeout=60) as conn:
         assert recv_exactly(conn, len(GREETING)) == GREETING
-        barrier.wait(60)
+        barrier.wait(20)
         sender = threading.Thread(target=lambda: (conn.sendall(payload),
                                                   conn.shutdown(socket.SHUT_WR)))
         sender.start()
@@ -188,23 +203,22 @@ def test_payload_sha256(chain, size):
 
 
 def test_twenty_parallel_connections(chain):
-    """All 20 are open at once (a barrier after each greeting), so the smux pools must use
-    several sessions: at least 4 with 5 streams each."""
-    before = chain.go_sessions()
+    """All 20 are open at once (a barrier after each greeting), so the smux pools must have
+    made several sessions by then: at least 4, at 5 streams each (earlier ones are reused)."""
     barrier = threading.Barrier(20)
     payloads = [os.urandom(100_000 + 997 * i) for i in range(20)]
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda d: check(chain, d, barrier), payloads))
     assert all(results), chain.describe()
     if chain.case.transport in SMUX:
-        assert chain.go_sessions() - before >= 4, chain.describe()
+        assert chain.go_sessions() >= 4, chain.describe()
 
 
 def test_half_close(chain):
     """The client shuts down its write side first and still gets every byte of the answer."""
     if not chain.case.half_close:
-        pytest.skip("the Go peer cannot pass a half-close on over "
-                    f"{'WebSocket messages' if chain.case.frames else 'smux v1'}")
+        over = "smux v1" if chain.case.transport in SMUX else "WebSocket messages"
+        pytest.skip(f"the Go peer cannot pass a half-close on over {over}")
     data = os.urandom(1 << 20)
     with socket.create_connection((LOOPBACK, chain.port), timeout=30) as conn:
         assert recv_exactly(conn, len(GREETING)) == GREETING
