@@ -226,3 +226,12 @@ def test_half_close(chain):
         conn.shutdown(socket.SHUT_WR)
         answer = recv_exactly(conn, len(data) + 1)
     assert sha(answer) == sha(data), chain.describe()
+
+
+def test_go_node_saw_no_errors(chain):
+    """Runs last for each chain: the Go peer logged no failed upgrade, dial or relay (what a
+    protocol mismatch on our side, such as a bad frame or smux header, would show as)."""
+    logs = [chain.go.log] + ([chain.other.log] if isinstance(chain.other, GoNode) else [])
+    problems = [line for log in logs for line in log.splitlines()
+                if any(word in line for word in ("relay error", "upgrade from", "dial "))]
+    assert not problems, chain.describe()

@@ -40,6 +40,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -72,13 +73,17 @@ type closeWriter interface{ CloseWrite() error }
 func pipe(a, b net.Conn) {
 	var wg sync.WaitGroup
 	var once sync.Once
-	closeBoth := func() { once.Do(func() { a.Close(); b.Close() }) }
+	var closed atomic.Bool
+	closeBoth := func() { once.Do(func() { closed.Store(true); a.Close(); b.Close() }) }
 	copyDir := func(dst, src net.Conn) {
 		defer wg.Done()
 		_, err := io.Copy(dst, src)
 		// smux's Stream.WriteTo (used by io.Copy) reports the peer's FIN as io.EOF: that is
 		// the end of this direction, not a failure.
 		if err != nil && !errors.Is(err, io.EOF) {
+			if !closed.Load() { // not just the echo of our own closeBoth
+				log.Printf("relay error %s -> %s: %v", src.RemoteAddr(), dst.RemoteAddr(), err)
+			}
 			closeBoth() // a real error: unblock the other direction too
 			return
 		}
