@@ -228,6 +228,17 @@ def test_half_close(chain):
     assert sha(answer) == sha(data), chain.describe()
 
 
+def test_frames_ping_answered(chain):
+    """In frames mode the Go peer pings once per WebSocket connection; ours answers a pong."""
+    if not chain.case.frames:
+        pytest.skip("raw mode has no WebSocket control frames")
+    assert check(chain, b"ping?")  # makes sure at least one WebSocket connection exists
+    deadline = time.monotonic() + 5
+    while "pong received" not in chain.go.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "pong received" in chain.go.log, chain.describe()
+
+
 def test_go_node_saw_no_errors(chain):
     """Runs last for each chain: the Go peer logged no failed upgrade, dial or relay (what a
     protocol mismatch on our side, such as a bad frame or smux header, would show as)."""

@@ -5,7 +5,7 @@
 // Transports: ws / wss (HTTP upgrade on /ws/ or /wss/, then raw bytes as ehco 1.1.4 sends
 // them), mwss (TLS + upgrade on /mwss/ + xtaci/smux) and mtcp (xtaci/smux over TCP). With
 // -frames the upgraded connection carries RFC 6455 binary messages (gorilla/websocket), as
-// ehco >= 1.1.5 and WebSocket proxies do.
+// ehco >= 1.1.5 and WebSocket proxies do; each such connection starts with a ping.
 //
 // Half-close: when one direction ends, the other side is half-closed where that exists (TCP,
 // TLS close_notify); smux v1 streams and WebSocket messages have no half-close, so they are
@@ -136,6 +136,17 @@ type wsConn struct {
 	wm sync.Mutex
 }
 
+// newWSConn wraps c and pings the peer once: a standard WebSocket peer must answer with a
+// pong while it relays (the pong is logged, the tests look for it).
+func newWSConn(c *websocket.Conn) *wsConn {
+	c.SetPongHandler(func(string) error {
+		log.Printf("pong received from %s", c.RemoteAddr())
+		return nil
+	})
+	_ = c.WriteControl(websocket.PingMessage, []byte("goehco"), time.Now().Add(time.Second))
+	return &wsConn{Conn: c}
+}
+
 func (w *wsConn) Read(p []byte) (int, error) {
 	for {
 		if w.r == nil {
@@ -228,7 +239,7 @@ func upgrade(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &wsConn{Conn: c}, nil
+		return newWSConn(c), nil
 	}
 	key := r.Header.Get("Sec-WebSocket-Key")
 	if key == "" {
@@ -315,7 +326,7 @@ func dialUpgrade() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &wsConn{Conn: c}, nil
+		return newWSConn(c), nil
 	}
 	var conn net.Conn
 	conn, err := net.DialTimeout("tcp", *remote, 3*time.Second)
