@@ -28,6 +28,7 @@ import pytest
 from ..support import LOOPBACK, EchoServer, EhcoProcess, free_port, roundtrip, sha, wait_port
 
 GREETING = b"220 interop.example ESMTP ready\r\n"
+QUIT, GOODBYE = b"QUIT\r\n", b"221 bye\r\n"
 SMUX = {"mwss", "mtcp"}
 SCHEME = {"ws": "ws://", "wss": "wss://", "mwss": "wss://", "mtcp": ""}
 
@@ -55,6 +56,41 @@ class Case:
             return not (self.frames and self.transport != "mwss")
         # Go client: no smux half-close, no WebSocket-message half-close.
         return not self.frames and self.transport not in SMUX
+
+    @property
+    def server_half_close(self) -> bool:
+        """Does the final server's shutdown(SHUT_WR) reach the client while it still sends?"""
+        if self.frames and self.transport != "mwss":
+            return False  # no half-close in WebSocket messages
+        if self.transport in SMUX:
+            # Ours sends FIN at the server's EOF; a Go server keeps the stream until both
+            # directions are done.
+            return self.way == "go_to_ours"
+        return True
+
+
+class QuittingEchoServer(EchoServer):
+    """EchoServer that, when a connection's first message is QUIT, says goodbye and shuts
+    down its write side first (a server that ends the conversation), then reads to EOF."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(self.greeting)
+            first = conn.recv(1 << 16)
+            if first == QUIT:
+                conn.sendall(GOODBYE)
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(1 << 16):
+                    pass
+                return
+            while first:
+                conn.sendall(first)
+                first = conn.recv(1 << 16)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
 
 WAYS = ("ours_to_go", "go_to_ours", "go_to_go")
@@ -114,7 +150,7 @@ class Chain:
 def chain(request, goehco, tmp_path_factory):
     case: Case = request.param
     tmp = tmp_path_factory.mktemp(case.id)
-    echo = EchoServer(greeting=GREETING)
+    echo = QuittingEchoServer(greeting=GREETING)
     entry, middle = free_port(), free_port()
     go_args = ["-transport", case.transport] + (["-frames"] if case.frames else [])
     ours_args = ["--ws_frames"] if case.frames else []
@@ -239,6 +275,17 @@ def test_frames_ping_answered(chain):
     assert "pong received" in chain.go.log, chain.describe()
 
 
+def test_server_closes_first(chain):
+    """The final server says goodbye and shuts down its write side: the client reads the
+    goodbye and EOF, and can still send (the server reads until the client's EOF)."""
+    if not chain.case.server_half_close:
+        pytest.skip("no half-close from the server side through the Go peer here")
+    with socket.create_connection((LOOPBACK, chain.port), timeout=15) as conn:
+        assert recv_exactly(conn, len(GREETING)) == GREETING
+        conn.sendall(QUIT)
+        assert recv_exactly(conn, len(GOODBYE) + 1) == GOODBYE, chain.describe()
+        conn.sendall(b"late words\r\n")  # the other direction is still open
+
 def test_go_node_saw_no_errors(chain):
     """Runs last for each chain: the Go peer logged no failed upgrade, dial or relay (what a
     protocol mismatch on our side, such as a bad frame or smux header, would show as)."""
@@ -246,3 +293,4 @@ def test_go_node_saw_no_errors(chain):
     problems = [line for log in logs for line in log.splitlines()
                 if any(word in line for word in ("relay error", "upgrade from", "dial "))]
     assert not problems, chain.describe()
+
