@@ -8,7 +8,9 @@ shared by its tests; when the smux pools are exercised, the Go node's log counts
 Half-close: a client that shuts down its write side gets the whole answer wherever both nodes
 can pass a half-close on. The Go peer, like ehco, cannot half-close an smux v1 stream (it
 closes a stream only when both directions are done) and WebSocket messages have no half-close,
-so those chains are checked by reading back exactly the bytes sent instead.
+so those chains are checked by reading back exactly the bytes sent instead. The same holds the
+other way round when the final server ends the conversation first (QuittingEchoServer).
+In frames mode the Go peer pings every WebSocket connection once; ours must answer.
 """
 
 from __future__ import annotations
