@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import time
@@ -99,13 +98,22 @@ def test_config_dump_has_the_relay(web_node):
 
 
 def test_metrics_route(web_node):
-    if importlib.util.find_spec("ehco_gevent.metrics") is None:
-        pytest.skip("ehco_gevent.metrics not on this branch yet")
+    from ehco_gevent.metrics import parse_samples
+
     node = web_node()
     resp = node.get("/metrics/")
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
-    assert "ehco_alive_state" in resp.text
+    samples = parse_samples(resp.text)
+    alive = [s for s in samples if s.name == "ehco_alive_state"]
+    assert [s.value for s in alive] == [1]
+    assert alive[0].labels["ehco_runner_hostname"] == socket.gethostname()
+    # host counters without node_exporter: loopback is always there
+    lo = {s.name: s.value for s in samples if s.labels.get("device") == "lo"}
+    assert lo["node_network_receive_bytes_total"] > 0
+    assert lo["node_network_transmit_bytes_total"] > 0
+    names = {s.name for s in samples}
+    assert {"node_cpu_seconds_total", "node_load1", "node_memory_MemTotal_bytes"} <= names
 
 
 def test_connections_active_then_closed(web_node):
@@ -147,7 +155,9 @@ def test_connections_active_then_closed(web_node):
     data = wait_for(closed, lambda d: d["closed_count"] == 1, "closed connection")
     row = data["connections"][0]
     assert (row["relay_label"], row["up_bytes"], row["down_bytes"]) == ("lbl", 3072, 3072)
-    assert row["flow"].startswith(client + " → ")
+    assert row["flow"] == f"{client} → {LOOPBACK}:{node.echo_port}"
+    assert 0 < row["dial_ms"] < 3000  # the dial latency was recorded
+    assert row["time"] and row["duration"] and row["active"] is False
     assert data["active_count"] == 0
     page = node.get("/connections/?conn_type=closed").text
     assert client in page and "up: 3.00 KiB" in page
@@ -169,6 +179,19 @@ def test_connections_paging(web_node):
     html = node.get("/connections/?conn_type=closed&page=1&page_size=2").text
     assert "Page 1 of 2" in html
     assert "/connections/?conn_type=closed&amp;page=2&amp;page_size=2" in html
+    # page_size defaults to 10: twelve closed connections make two pages of 10 and 2
+    for i in range(9):
+        assert roundtrip(node.relay_port, b"y" * (10 + i)) == b"y" * (10 + i)
+    wait_for(lambda: closed(1), lambda d: d["closed_count"] == 12, "twelve closed")
+    default = node.get("/api/v1/connections/?conn_type=closed").json()
+    assert (default["page"], default["page_size"], default["total"]) == (1, 10, 12)
+    assert [c["up_bytes"] for c in default["connections"]] == [18, 17, 16, 15, 14, 13, 12, 11,
+                                                               10, 3]
+    page2 = node.get("/api/v1/connections/?conn_type=closed&page=2").json()
+    assert [c["up_bytes"] for c in page2["connections"]] == [2, 1]
+    html = node.get("/connections/?conn_type=closed&page=2").text
+    assert "Page 2 of 2" in html
+    assert html.count("up: 2 B") == 1 and html.count("up: 1 B") == 1 and "up: 3 B" not in html
     # junk parameters fall back to the defaults instead of failing
     assert node.get("/connections/?conn_type=bogus&page=x&page_size=-1").status_code == 200
 
