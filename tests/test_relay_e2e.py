@@ -93,6 +93,49 @@ def test_client_half_close_receives_all_data(ehco):
     listener.close()
 
 
+def test_server_half_close_still_receives_client_data(ehco):
+    """The other direction: the server says its piece and shuts its write side first; the
+    client sees EOF yet can still send, and every byte reaches the server."""
+    greeting = os.urandom(300_000)
+    got: list = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.sendall(greeting)
+                    conn.shutdown(socket.SHUT_WR)
+                    data = bytearray()
+                    while chunk := conn.recv(65536):
+                        data += chunk
+                except OSError:
+                    continue  # wait_port's probe
+                if data:
+                    got.append(bytes(data))
+                    done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port, _ = start_relay(ehco, listener.getsockname()[1])
+    request = os.urandom(1_000_000)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        received = bytearray()
+        while chunk := conn.recv(65536):  # until the server's EOF comes through
+            received += chunk
+        assert sha(bytes(received)) == sha(greeting)
+        conn.sendall(request)  # our direction is still open
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(10) == b""
+        assert done.wait(30)
+    assert [sha(g) for g in got] == [sha(request)]
+    listener.close()
+
+
 def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
     port = free_tcp_udp_port()
     proc = ehco("-l", f"127.0.0.1:{port}", "-ur", f"127.0.0.1:{udp_echo_server.port}")
@@ -289,10 +332,14 @@ def test_unanswering_remote_times_out_and_closes_client(ehco):
     try:
         port, proc = start_relay(ehco, blackhole.getsockname()[1])
         with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            started = time.monotonic()
             try:
                 assert conn.recv(10) == b""  # closed by the relay, well before our 15 s
             except ConnectionResetError:
                 pass
+            waited = time.monotonic() - started
+        # the 3 s dial timeout of design.md 5 (wait_port's probe dialled just before ours)
+        assert 1.0 < waited < 8.0, waited
         proc.wait_log("timed out")
     finally:
         for s in fillers:
