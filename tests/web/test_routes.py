@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from html.parser import HTMLParser
@@ -80,6 +81,12 @@ def test_index_references_no_outside_host(web_node):
                 asset = node.get(value)
                 assert asset.status_code == 200, value
                 assert len(asset.content) > 100, value
+                # nor does an asset load from elsewhere (inline URLs, CSS imports, sockets)
+                code = re.sub(r"/\*.*?\*/", "", asset.text, flags=re.S)  # license comments
+                assert not re.search(r"(?:https?|wss?)://|@import", code), value
+        # nor inline in the page: the only absolute URL is the node's own (provider links)
+        absolute = set(re.findall(r"(?:https?|wss?)://[^\s\"'<>/]+", page))
+        assert absolute <= {node.base}, absolute
     chart = node.get("/static/uPlot.iife.min.js").text
     assert "uPlot" in chart
 
