@@ -197,6 +197,34 @@ def test_refused_remote_closes_client_promptly(ehco, echo_server):
     assert "Connection refused" in proc.log
 
 
+def test_refused_remote_leaves_other_connections_alone(ehco, echo_server, tmp_path):
+    """Round robin over a live and a dead remote: the dial that fails closes only its client."""
+    port, dead = free_port(), free_port()
+    cfg = write_config(tmp_path, {"relay_configs": [{
+        "listen": f"127.0.0.1:{port}", "label": "half",
+        "tcp_remotes": [f"127.0.0.1:{echo_server.port}", f"127.0.0.1:{dead}"]}]})
+    proc = ehco("-c", cfg)
+    proc.wait_log("tcp listening on")
+    live = socket.create_connection(("127.0.0.1", port), timeout=10)  # to the echo server
+    live.sendall(b"first")
+    assert live.recv(100) == b"first"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as doomed:  # the dead one
+        try:
+            assert doomed.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    proc.wait_log(f"dial 127.0.0.1:{dead} for 127.0.0.1:")
+    data = os.urandom(100_000)
+    live.sendall(data)
+    live.shutdown(socket.SHUT_WR)
+    out = bytearray()
+    while chunk := live.recv(65536):
+        out += chunk
+    live.close()
+    assert sha(bytes(out)) == sha(data)
+    assert roundtrip(port, b"third") == b"third"  # round robin is back on the live remote
+
+
 def test_sighup_adds_relay_and_keeps_open_connection(ehco, echo_server, tmp_path):
     p1, p2 = free_port(), free_port()
     first = {"listen": f"127.0.0.1:{p1}", "label": "one",
@@ -227,6 +255,9 @@ def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     cfg = write_config(tmp_path, good)
     proc = ehco("-c", cfg)
     wait_port(port)
+    old = socket.create_connection(("127.0.0.1", port), timeout=10)
+    old.sendall(b"before")
+    assert old.recv(100) == b"before"
     cfg.write_text(json.dumps({"relay_configs": [{"listen": "", "label": "broken"}]}))
     proc.signal(signal.SIGHUP)
     proc.wait_log("reload (SIGHUP) failed, keeping the running config")
@@ -235,7 +266,11 @@ def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     proc.signal(signal.SIGHUP)
     proc.wait_log("not valid JSON")
     assert roundtrip(port, b"still here") == b"still here"
+    old.sendall(b"after")  # and the connection opened before both reloads was not touched
+    assert old.recv(100) == b"after"
+    old.close()
     assert proc.proc.poll() is None
+    assert "stopped listening" not in proc.log and "reload: started" not in proc.log
 
 
 def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
