@@ -42,8 +42,15 @@ def test_console_script_is_installed():
 def test_bogus_listen_type_exits_2_naming_the_key(tmp_path):
     cfg = write_config(tmp_path, {"relay_configs": [{"listen": "127.0.0.1:1", "listen_type": "bogus",
                                                      "tcp_remotes": ["127.0.0.1:2"]}]})
-    assert_clean_failure(run_ehco("-c", cfg), 2, "listen_type", "bogus", str(cfg),
-                         "relay_configs[0]")
+    result = run_ehco("-c", cfg)
+    assert_clean_failure(result, 2, "listen_type", "bogus", str(cfg), "relay_configs[0]")
+    assert len(result.stderr.strip().splitlines()) == 1  # one clear message
+    # a relay with a label is named by it too
+    cfg = write_config(tmp_path, {"relay_configs": [
+        {"listen": "127.0.0.1:3", "label": "fine", "tcp_remotes": ["127.0.0.1:2"]},
+        {"listen": "127.0.0.1:1", "listen_type": "bogus", "label": "mylbl",
+         "tcp_remotes": ["127.0.0.1:2"]}]})
+    assert_clean_failure(run_ehco("-c", cfg), 2, "relay_configs[1]", "'mylbl'", "listen_type")
 
 
 def test_bogus_listen_type_flag_exits_2():
