@@ -237,13 +237,19 @@ def test_reload_routes(web_node, route, echo_server):
 
 def test_web_token(web_node):
     node = web_node(web_token="s3cret")
-    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/",
-                 "/api/v1/traffic/", f"/clash_proxy_provider/?sub_name={SUB_NAME}"):
-        assert node.get(path).status_code == 401, path
+    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/", "/metrics/",
+                 "/api/v1/connections/", "/api/v1/traffic/",
+                 f"/clash_proxy_provider/?sub_name={SUB_NAME}"):
+        resp = node.get(path)
+        assert resp.status_code == 401, path
+        assert "s3cret" not in resp.text and "lbl" not in resp.text and "ehco_" not in resp.text
         sep = "&" if "?" in path else "?"
         assert node.get(f"{path}{sep}token=wrong").status_code == 401, path
-    assert node.post("/reload/").status_code == 401
-    assert node.post("/reload/?token=s3cret").text == "reload success"
+        assert node.get(f"{path}{sep}token=s3cret").status_code == 200, path
+    for route in ("/reload/", "/api/v1/config/reload/"):
+        assert node.post(route).status_code == 401
+        assert node.post(route + "?token=wrong").status_code == 401
+        assert node.post(route + "?token=s3cret").text == "reload success"
     resp = node.get("/?token=s3cret")
     assert resp.status_code == 200
     # every link on the page carries the token, so following them works
@@ -256,7 +262,8 @@ def test_web_token(web_node):
 
 def test_basic_auth(web_node):
     node = web_node(web_auth_user="admin", web_auth_pass="pa55")
-    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/"):
+    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/", "/metrics/",
+                 "/api/v1/connections/", "/api/v1/traffic/"):
         resp = node.get(path)
         assert resp.status_code == 401, path
         assert resp.headers["WWW-Authenticate"].startswith("Basic")
@@ -264,8 +271,10 @@ def test_basic_auth(web_node):
         for creds in (("admin", "wrong"), ("wrong", "pa55"), ("", ""), ("admin", "pa55x")):
             assert node.get(path, auth=creds).status_code == 401, (path, creds)
         assert node.get(path, auth=("admin", "pa55")).status_code == 200, path
-    assert node.post("/reload/").status_code == 401
-    assert node.post("/reload/", auth=("admin", "pa55")).text == "reload success"
+    for route in ("/reload/", "/api/v1/config/reload/"):
+        assert node.post(route).status_code == 401
+        assert node.post(route, auth=("admin", "nope")).status_code == 401
+        assert node.post(route, auth=("admin", "pa55")).text == "reload success"
 
 
 def test_web_port_taken_is_a_clear_error(tmp_path, echo_server):
