@@ -164,6 +164,10 @@ class EchoServer:
 
     def close(self) -> None:
         self._closed = True
+        try:  # wakes the accept thread: a bare close() leaves the listener alive in its accept()
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 

@@ -42,8 +42,15 @@ def test_console_script_is_installed():
 def test_bogus_listen_type_exits_2_naming_the_key(tmp_path):
     cfg = write_config(tmp_path, {"relay_configs": [{"listen": "127.0.0.1:1", "listen_type": "bogus",
                                                      "tcp_remotes": ["127.0.0.1:2"]}]})
-    assert_clean_failure(run_ehco("-c", cfg), 2, "listen_type", "bogus", str(cfg),
-                         "relay_configs[0]")
+    result = run_ehco("-c", cfg)
+    assert_clean_failure(result, 2, "listen_type", "bogus", str(cfg), "relay_configs[0]")
+    assert len(result.stderr.strip().splitlines()) == 1  # one clear message
+    # a relay with a label is named by it too
+    cfg = write_config(tmp_path, {"relay_configs": [
+        {"listen": "127.0.0.1:3", "label": "fine", "tcp_remotes": ["127.0.0.1:2"]},
+        {"listen": "127.0.0.1:1", "listen_type": "bogus", "label": "mylbl",
+         "tcp_remotes": ["127.0.0.1:2"]}]})
+    assert_clean_failure(run_ehco("-c", cfg), 2, "relay_configs[1]", "'mylbl'", "listen_type")
 
 
 def test_bogus_listen_type_flag_exits_2():
@@ -140,3 +147,75 @@ def test_flags_fill_in_what_the_file_leaves_out(tmp_path, ehco, echo_server):
     wait_port(port)
     roundtrip(port, b"x")
     proc.wait_log("DEBUG")
+
+
+@pytest.mark.parametrize("style", ["flags", "env"])
+def test_every_option_takes_effect(ehco, echo_server, udp_echo_server, style):
+    """-l -r -ur --web_port --web_token --enable_ping --log_level, or their EHCO_* variables:
+    each one visibly changes what the process does."""
+    import requests
+
+    from ehco_gevent.metrics import parse_samples
+
+    from .support import free_tcp_udp_port
+
+    port, web = free_tcp_udp_port(), free_port()
+    listen, remote = f"127.0.0.1:{port}", f"127.0.0.1:{echo_server.port}"
+    udp_remote = f"127.0.0.1:{udp_echo_server.port}"
+    if style == "flags":
+        proc = ehco("-l", listen, "-r", remote, "-ur", udp_remote, "--web_port", web,
+                    "--web_token", "tok", "--enable_ping", "false", "--log_level", "debug")
+    else:
+        proc = ehco(env={"EHCO_LOCAL_ADDR": listen, "EHCO_REMOTE_ADDR": remote,
+                         "EHCO_UDP_REMOTE_ADDR": udp_remote, "EHCO_WEB_PORT": str(web),
+                         "EHCO_WEB_TOKEN": "tok", "EHCO_ENABLE_PING": "false",
+                         "EHCO_LOG_LEVEL": "debug"})
+    wait_port(port)
+    proc.wait_log("udp listening")
+    wait_port(web)
+    assert roundtrip(port, b"tcp leg") == b"tcp leg"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(b"udp leg", ("127.0.0.1", port))
+        assert sock.recvfrom(100)[0] == b"udp leg"
+    url = f"http://127.0.0.1:{web}/metrics/"
+    assert requests.get(url, timeout=10).status_code == 401
+    resp = requests.get(url + "?token=tok", timeout=10)
+    assert resp.status_code == 200
+    names = {s.name for s in parse_samples(resp.text)}
+    assert "ehco_alive_state" in names
+    assert "ehco_ping_requests_total" not in names  # ping is off
+    assert "ping:" not in proc.log
+    proc.wait_log("DEBUG")
+
+
+@pytest.mark.parametrize("style", ["flags", "env"])
+def test_listen_and_transport_type_are_read(style):
+    for key, flag in (("listen_type", "-lt"), ("transport_type", "-tt")):
+        if style == "flags":
+            result = run_ehco("-l", "127.0.0.1:1", flag, "bogus", "-r", "127.0.0.1:2")
+        else:
+            result = run_ehco(env={"EHCO_LOCAL_ADDR": "127.0.0.1:1",
+                                   "EHCO_REMOTE_ADDR": "127.0.0.1:2",
+                                   f"EHCO_{key.upper()}": "bogus"})
+        assert_clean_failure(result, 2, key, "bogus")
+
+
+@pytest.mark.parametrize("style", ["flags", "env"])
+def test_config_reload_interval(ehco, echo_server, tmp_path, style):
+    """A file without reload_interval is re-read every --config_reload_interval seconds."""
+    p1, p2 = free_port(), free_port()
+    relay = {"listen": f"127.0.0.1:{p1}", "label": "r",
+             "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}
+    cfg = write_config(tmp_path, {"relay_configs": [relay]})
+    if style == "flags":
+        proc = ehco("--config", cfg, "--config_reload_interval", "1")
+    else:
+        proc = ehco(env={"EHCO_CONFIG_FILE": str(cfg), "EHCO_CONFIG_RELOAD_INTERVAL": "1"})
+    wait_port(p1)
+    relay2 = dict(relay, label="r2", listen=f"127.0.0.1:{p2}")
+    write_config(tmp_path, {"relay_configs": [relay, relay2]})
+    wait_port(p2, timeout=10)  # the default interval (60 s) would not get here in time
+    assert roundtrip(p2, b"ticker") == b"ticker"
+    assert roundtrip(p1, b"kept") == b"kept"
+    assert "stopped listening" not in proc.log

@@ -93,6 +93,49 @@ def test_client_half_close_receives_all_data(ehco):
     listener.close()
 
 
+def test_server_half_close_still_receives_client_data(ehco):
+    """The other direction: the server says its piece and shuts its write side first; the
+    client sees EOF yet can still send, and every byte reaches the server."""
+    greeting = os.urandom(300_000)
+    got: list = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.sendall(greeting)
+                    conn.shutdown(socket.SHUT_WR)
+                    data = bytearray()
+                    while chunk := conn.recv(65536):
+                        data += chunk
+                except OSError:
+                    continue  # wait_port's probe
+                if data:
+                    got.append(bytes(data))
+                    done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port, _ = start_relay(ehco, listener.getsockname()[1])
+    request = os.urandom(1_000_000)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        received = bytearray()
+        while chunk := conn.recv(65536):  # until the server's EOF comes through
+            received += chunk
+        assert sha(bytes(received)) == sha(greeting)
+        conn.sendall(request)  # our direction is still open
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(10) == b""
+        assert done.wait(30)
+    assert [sha(g) for g in got] == [sha(request)]
+    listener.close()
+
+
 def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
     port = free_tcp_udp_port()
     proc = ehco("-l", f"127.0.0.1:{port}", "-ur", f"127.0.0.1:{udp_echo_server.port}")
@@ -154,6 +197,34 @@ def test_refused_remote_closes_client_promptly(ehco, echo_server):
     assert "Connection refused" in proc.log
 
 
+def test_refused_remote_leaves_other_connections_alone(ehco, echo_server, tmp_path):
+    """Round robin over a live and a dead remote: the dial that fails closes only its client."""
+    port, dead = free_port(), free_port()
+    cfg = write_config(tmp_path, {"relay_configs": [{
+        "listen": f"127.0.0.1:{port}", "label": "half",
+        "tcp_remotes": [f"127.0.0.1:{echo_server.port}", f"127.0.0.1:{dead}"]}]})
+    proc = ehco("-c", cfg)
+    proc.wait_log("tcp listening on")
+    live = socket.create_connection(("127.0.0.1", port), timeout=10)  # to the echo server
+    live.sendall(b"first")
+    assert live.recv(100) == b"first"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as doomed:  # the dead one
+        try:
+            assert doomed.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    proc.wait_log(f"dial 127.0.0.1:{dead} for 127.0.0.1:")
+    data = os.urandom(100_000)
+    live.sendall(data)
+    live.shutdown(socket.SHUT_WR)
+    out = bytearray()
+    while chunk := live.recv(65536):
+        out += chunk
+    live.close()
+    assert sha(bytes(out)) == sha(data)
+    assert roundtrip(port, b"third") == b"third"  # round robin is back on the live remote
+
+
 def test_sighup_adds_relay_and_keeps_open_connection(ehco, echo_server, tmp_path):
     p1, p2 = free_port(), free_port()
     first = {"listen": f"127.0.0.1:{p1}", "label": "one",
@@ -184,6 +255,9 @@ def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     cfg = write_config(tmp_path, good)
     proc = ehco("-c", cfg)
     wait_port(port)
+    old = socket.create_connection(("127.0.0.1", port), timeout=10)
+    old.sendall(b"before")
+    assert old.recv(100) == b"before"
     cfg.write_text(json.dumps({"relay_configs": [{"listen": "", "label": "broken"}]}))
     proc.signal(signal.SIGHUP)
     proc.wait_log("reload (SIGHUP) failed, keeping the running config")
@@ -192,7 +266,11 @@ def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     proc.signal(signal.SIGHUP)
     proc.wait_log("not valid JSON")
     assert roundtrip(port, b"still here") == b"still here"
+    old.sendall(b"after")  # and the connection opened before both reloads was not touched
+    assert old.recv(100) == b"after"
+    old.close()
     assert proc.proc.poll() is None
+    assert "stopped listening" not in proc.log and "reload: started" not in proc.log
 
 
 def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
@@ -289,10 +367,14 @@ def test_unanswering_remote_times_out_and_closes_client(ehco):
     try:
         port, proc = start_relay(ehco, blackhole.getsockname()[1])
         with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
+            started = time.monotonic()
             try:
                 assert conn.recv(10) == b""  # closed by the relay, well before our 15 s
             except ConnectionResetError:
                 pass
+            waited = time.monotonic() - started
+        # the 3 s dial timeout of design.md 5 (wait_port's probe dialled just before ours)
+        assert 1.0 < waited < 8.0, waited
         proc.wait_log("timed out")
     finally:
         for s in fillers:

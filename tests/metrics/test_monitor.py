@@ -268,6 +268,11 @@ def test_dashboard_queries_only_names_a_node_serves(node):
         if "ehco_ping_response_duration_seconds_bucket" in served or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    if "ping disabled" not in proc.log:  # ICMP allowed here: 127.0.0.1 answered for real
+        assert sample_value(text, "ehco_ping_requests_total", ip=LOOPBACK, host=LOOPBACK,
+                            label="lbl") >= 1, proc.log
+        assert sample_value(text, "ehco_ping_response_duration_seconds_count", ip=LOOPBACK,
+                            host=LOOPBACK, label="lbl") >= 1, proc.log
     # families declared without samples yet (a counter of failures that never happened)
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
         served |= {name + sfx for sfx in ("_bucket", "_sum", "_count")} \

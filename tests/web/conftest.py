@@ -23,6 +23,7 @@ class WebNode:
     relay_port: int
     config_path: Path
     config: dict
+    echo_port: int
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -82,6 +83,7 @@ def web_node(ehco, tmp_path, echo_server, subscription_server):
         path = write_config(tmp_path, cfg)
         proc = ehco("-c", path)
         proc.wait_log("Start Web Server at")
-        return WebNode(proc, f"http://{LOOPBACK}:{web_port}", relay_port, path, cfg)
+        return WebNode(proc, f"http://{LOOPBACK}:{web_port}", relay_port, path, cfg,
+                       echo_server.port)
 
     return start

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import re
 import socket
 import time
 from html.parser import HTMLParser
@@ -81,6 +81,12 @@ def test_index_references_no_outside_host(web_node):
                 asset = node.get(value)
                 assert asset.status_code == 200, value
                 assert len(asset.content) > 100, value
+                # nor does an asset load from elsewhere (inline URLs, CSS imports, sockets)
+                code = re.sub(r"/\*.*?\*/", "", asset.text, flags=re.S)  # license comments
+                assert not re.search(r"(?:https?|wss?)://|@import", code), value
+        # nor inline in the page: the only absolute URL is the node's own (provider links)
+        absolute = set(re.findall(r"(?:https?|wss?)://[^\s\"'<>/]+", page))
+        assert absolute <= {node.base}, absolute
     chart = node.get("/static/uPlot.iife.min.js").text
     assert "uPlot" in chart
 
@@ -99,13 +105,22 @@ def test_config_dump_has_the_relay(web_node):
 
 
 def test_metrics_route(web_node):
-    if importlib.util.find_spec("ehco_gevent.metrics") is None:
-        pytest.skip("ehco_gevent.metrics not on this branch yet")
+    from ehco_gevent.metrics import parse_samples
+
     node = web_node()
     resp = node.get("/metrics/")
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
-    assert "ehco_alive_state" in resp.text
+    samples = parse_samples(resp.text)
+    alive = [s for s in samples if s.name == "ehco_alive_state"]
+    assert [s.value for s in alive] == [1]
+    assert alive[0].labels["ehco_runner_hostname"] == socket.gethostname()
+    # host counters without node_exporter: loopback is always there
+    lo = {s.name: s.value for s in samples if s.labels.get("device") == "lo"}
+    assert lo["node_network_receive_bytes_total"] > 0
+    assert lo["node_network_transmit_bytes_total"] > 0
+    names = {s.name for s in samples}
+    assert {"node_cpu_seconds_total", "node_load1", "node_memory_MemTotal_bytes"} <= names
 
 
 def test_connections_active_then_closed(web_node):
@@ -147,7 +162,9 @@ def test_connections_active_then_closed(web_node):
     data = wait_for(closed, lambda d: d["closed_count"] == 1, "closed connection")
     row = data["connections"][0]
     assert (row["relay_label"], row["up_bytes"], row["down_bytes"]) == ("lbl", 3072, 3072)
-    assert row["flow"].startswith(client + " → ")
+    assert row["flow"] == f"{client} → {LOOPBACK}:{node.echo_port}"
+    assert 0 < row["dial_ms"] < 3000  # the dial latency was recorded
+    assert row["time"] and row["duration"] and row["active"] is False
     assert data["active_count"] == 0
     page = node.get("/connections/?conn_type=closed").text
     assert client in page and "up: 3.00 KiB" in page
@@ -169,6 +186,19 @@ def test_connections_paging(web_node):
     html = node.get("/connections/?conn_type=closed&page=1&page_size=2").text
     assert "Page 1 of 2" in html
     assert "/connections/?conn_type=closed&amp;page=2&amp;page_size=2" in html
+    # page_size defaults to 10: twelve closed connections make two pages of 10 and 2
+    for i in range(9):
+        assert roundtrip(node.relay_port, b"y" * (10 + i)) == b"y" * (10 + i)
+    wait_for(lambda: closed(1), lambda d: d["closed_count"] == 12, "twelve closed")
+    default = node.get("/api/v1/connections/?conn_type=closed").json()
+    assert (default["page"], default["page_size"], default["total"]) == (1, 10, 12)
+    assert [c["up_bytes"] for c in default["connections"]] == [18, 17, 16, 15, 14, 13, 12, 11,
+                                                               10, 3]
+    page2 = node.get("/api/v1/connections/?conn_type=closed&page=2").json()
+    assert [c["up_bytes"] for c in page2["connections"]] == [2, 1]
+    html = node.get("/connections/?conn_type=closed&page=2").text
+    assert "Page 2 of 2" in html
+    assert html.count("up: 2 B") == 1 and html.count("up: 1 B") == 1 and "up: 3 B" not in html
     # junk parameters fall back to the defaults instead of failing
     assert node.get("/connections/?conn_type=bogus&page=x&page_size=-1").status_code == 200
 
@@ -207,13 +237,19 @@ def test_reload_routes(web_node, route, echo_server):
 
 def test_web_token(web_node):
     node = web_node(web_token="s3cret")
-    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/",
-                 "/api/v1/traffic/", f"/clash_proxy_provider/?sub_name={SUB_NAME}"):
-        assert node.get(path).status_code == 401, path
+    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/", "/metrics/",
+                 "/api/v1/connections/", "/api/v1/traffic/",
+                 f"/clash_proxy_provider/?sub_name={SUB_NAME}"):
+        resp = node.get(path)
+        assert resp.status_code == 401, path
+        assert "s3cret" not in resp.text and "lbl" not in resp.text and "ehco_" not in resp.text
         sep = "&" if "?" in path else "?"
         assert node.get(f"{path}{sep}token=wrong").status_code == 401, path
-    assert node.post("/reload/").status_code == 401
-    assert node.post("/reload/?token=s3cret").text == "reload success"
+        assert node.get(f"{path}{sep}token=s3cret").status_code == 200, path
+    for route in ("/reload/", "/api/v1/config/reload/"):
+        assert node.post(route).status_code == 401
+        assert node.post(route + "?token=wrong").status_code == 401
+        assert node.post(route + "?token=s3cret").text == "reload success"
     resp = node.get("/?token=s3cret")
     assert resp.status_code == 200
     # every link on the page carries the token, so following them works
@@ -226,7 +262,8 @@ def test_web_token(web_node):
 
 def test_basic_auth(web_node):
     node = web_node(web_auth_user="admin", web_auth_pass="pa55")
-    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/"):
+    for path in ("/", "/static/style.css", "/api/v1/config/", "/connections/", "/metrics/",
+                 "/api/v1/connections/", "/api/v1/traffic/"):
         resp = node.get(path)
         assert resp.status_code == 401, path
         assert resp.headers["WWW-Authenticate"].startswith("Basic")
@@ -234,8 +271,10 @@ def test_basic_auth(web_node):
         for creds in (("admin", "wrong"), ("wrong", "pa55"), ("", ""), ("admin", "pa55x")):
             assert node.get(path, auth=creds).status_code == 401, (path, creds)
         assert node.get(path, auth=("admin", "pa55")).status_code == 200, path
-    assert node.post("/reload/").status_code == 401
-    assert node.post("/reload/", auth=("admin", "pa55")).text == "reload success"
+    for route in ("/reload/", "/api/v1/config/reload/"):
+        assert node.post(route).status_code == 401
+        assert node.post(route, auth=("admin", "nope")).status_code == 401
+        assert node.post(route, auth=("admin", "pa55")).text == "reload success"
 
 
 def test_web_port_taken_is_a_clear_error(tmp_path, echo_server):
