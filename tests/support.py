@@ -224,3 +224,66 @@ def roundtrip(port: int, payload: bytes, host: str = LOOPBACK, greeting: bytes =
         t.join()
         assert not errors, errors
         return bytes(received)
+
+
+def parallel_roundtrips(port: int, payloads: list[bytes], host: str = LOOPBACK,
+                        timeout: float = 30.0) -> list[bool]:
+    """One connection per payload, all open at once (a barrier after connecting, so a tunnel
+    must carry them side by side: smux pools spread them over several sessions); each sends
+    its payload, half-closes and checks that the echo is sha256-identical."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(len(payloads), timeout=timeout)
+
+    def one(data: bytes) -> bool:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            barrier.wait()
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+            out = bytearray()
+            while chunk := conn.recv(65536):
+                out += chunk
+            return sha(bytes(out)) == sha(data)
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(one, payloads))
+
+
+def gevent_tcp_pair():
+    """Two connected gevent TCP sockets on loopback, for in-process tests of greenlet code
+    (real TCP, unlike socketpair's Unix sockets: splice and shutdown behave as in production)."""
+    from gevent import socket as gsocket
+
+    listener = gsocket.socket()
+    listener.bind((LOOPBACK, 0))
+    listener.listen(1)
+    client = gsocket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    return client, server
+
+
+class BlobHTTPServer:
+    """A threaded HTTP server on loopback answering every GET with the same bytes."""
+
+    def __init__(self, blob: bytes):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+                self.wfile.write(blob)
+
+        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -11,20 +11,13 @@ import struct
 
 import gevent
 import pytest
-from gevent import socket
 
 from ehco_gevent import pump as pump_mod
 from ehco_gevent.streams import SocketStream
 
+from .support import gevent_tcp_pair as tcp_pair
 
-def tcp_pair():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    return client, server
+
 
 
 def open_fds():

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .support import (EchoServer, free_port, free_tcp_udp_port, roundtrip, sha, wait_port,
+from .support import (EchoServer, parallel_roundtrips, free_port, free_tcp_udp_port, roundtrip, sha, wait_port,
                       write_config)
 
 
@@ -31,21 +31,7 @@ def test_payload_comes_back_identical(ehco, echo_server, size):
 def test_100_parallel_connections(ehco, echo_server):
     port, _ = start_relay(ehco, echo_server.port)
     payloads = [os.urandom(1000 + i * 997) for i in range(100)]
-    barrier = threading.Barrier(100, timeout=30)
-
-    def one(data):
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-            barrier.wait()  # all 100 open at once
-            conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-            out = bytearray()
-            while chunk := conn.recv(65536):
-                out += chunk
-            return sha(bytes(out)) == sha(data)
-
-    with ThreadPoolExecutor(100) as pool:
-        results = list(pool.map(one, payloads))
-    assert all(results)
+    assert all(parallel_roundtrips(port, payloads))
 
 
 def test_server_speaks_first(ehco):

@@ -13,6 +13,8 @@ from ehco_gevent.smux import (FIN, NOP, PSH, SEND_FRAME, SYN, FrameDecoder, Sess
                               SessionPool, SmuxError, encode_data, encode_frame, serve_session)
 from ehco_gevent.streams import SocketStream
 
+from .support import gevent_tcp_pair as tcp_pair
+
 
 # -- codec ---------------------------------------------------------------------------------------
 def test_header_layout_is_little_endian():
@@ -70,14 +72,6 @@ def test_garbage_only_ever_raises_smux_error(data):
 
 
 # -- sessions ------------------------------------------------------------------------------------
-def tcp_pair():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    return client, server
 
 
 def read_all(stream):

@@ -4,22 +4,15 @@ import os
 
 import gevent
 import pytest
-from gevent import socket
 
 from ehco_gevent import websocket as wsproto
 from ehco_gevent.streams import SocketStream
 from ehco_gevent.tls import client_context, server_context
 from ehco_gevent.wsstreams import FramedStream, TLSStream
 
+from .support import gevent_tcp_pair as tcp_pair
 
-def tcp_pair():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    return client, server
+
 
 
 def read_all(stream) -> bytes:

@@ -4,15 +4,13 @@ exact traffic POSTs per user, and a trojan user removed at the panel being cut o
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.proxy.helpers import Panel, Program, recv_exact, socks5_connect, start_ss_local
 from tests.proxy.test_panel import reported, wait_for
 from tests.proxy.test_trojan import read_all, request, tls_connect
-from tests.support import (LOOPBACK, free_port, free_tcp_udp_port, require_program, sha,
+from tests.support import (BlobHTTPServer, LOOPBACK, free_port, free_tcp_udp_port, require_program, sha,
                            wait_port, write_config)
 
 BLOB = os.urandom(1024 * 1024 + 11)
@@ -27,22 +25,9 @@ def panel_user(uid, protocol, method=""):
 
 @pytest.fixture
 def origin():
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(BLOB)))
-            self.end_headers()
-            self.wfile.write(BLOB)
-
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    server = BlobHTTPServer(BLOB)
+    yield server.port
+    server.close()
 
 
 def http_get(sock, port):

@@ -3,8 +3,6 @@
 import os
 import socket
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -17,6 +15,7 @@ from tests.proxy.helpers import (
     socks5_udp_packet,
 )
 from tests.support import (
+    BlobHTTPServer,
     LOOPBACK,
     free_port,
     require_program,
@@ -30,22 +29,9 @@ BLOB = os.urandom(2 * 1024 * 1024 + 5)
 
 @pytest.fixture
 def origin():
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(BLOB)))
-            self.end_headers()
-            self.wfile.write(BLOB)
-
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    server = BlobHTTPServer(BLOB)
+    yield server.port
+    server.close()
 
 
 @pytest.fixture

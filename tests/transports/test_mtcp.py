@@ -4,13 +4,12 @@ import os
 import socket
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from ehco_gevent.smux import FIN, MAX_STREAMS, PSH, SYN, FrameDecoder, encode_frame
 
-from ..support import EchoServer, free_port, roundtrip, sha, wait_port
+from ..support import EchoServer, parallel_roundtrips, free_port, roundtrip, sha, wait_port
 
 
 @pytest.fixture
@@ -31,9 +30,7 @@ def test_payloads(chain, size):
 
 def test_twenty_parallel_connections(chain):
     payloads = [os.urandom(50_000 + i) for i in range(20)]
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(lambda d: sha(roundtrip(chain[0], d)) == sha(d), payloads))
-    assert all(results)
+    assert all(parallel_roundtrips(chain[0], payloads))
 
 
 def test_server_first_greeting(ehco):

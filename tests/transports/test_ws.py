@@ -12,7 +12,6 @@ import ssl
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -20,7 +19,7 @@ from ehco_gevent import smux
 from ehco_gevent import websocket as wsproto
 
 from ..support import free_port as support_free_port
-from ..support import EchoServer, EhcoProcess, roundtrip, sha, wait_port, write_config
+from ..support import EchoServer, EhcoProcess, parallel_roundtrips, roundtrip, sha, wait_port, write_config
 
 KINDS = [("ws", False), ("ws", True), ("wss", False), ("wss", True), ("mwss", False), ("mwss", True)]
 IDS = [f"{k}-{'frames' if f else 'raw'}" for k, f in KINDS]
@@ -155,20 +154,7 @@ def test_payload_comes_back_identical(chains, which, size):
 def test_twenty_parallel_connections(chains, which):
     a, _ = chains[(*which, "echo")]
     payloads = [os.urandom(50_000 + 997 * i) for i in range(20)]
-    barrier = threading.Barrier(20, timeout=30)
-
-    def one(data):
-        with socket.create_connection(("127.0.0.1", a), timeout=30) as conn:
-            barrier.wait()  # all 20 open at once: mwss spreads them over several smux sessions
-            conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-            out = bytearray()
-            while chunk := conn.recv(65536):
-                out += chunk
-            return sha(bytes(out)) == sha(data)
-
-    with ThreadPoolExecutor(20) as pool:
-        assert all(pool.map(one, payloads))
+    assert all(parallel_roundtrips(a, payloads))  # all open at once: mwss uses several sessions
 
 
 @pytest.mark.parametrize("kind,frames", KINDS, ids=IDS)
