@@ -210,6 +210,8 @@ class ProxyService:
         if self.panel is not None and (self.panel.url != url or not url):
             self.panel.stop()
             self.panel = None
+            if not url:
+                self.store.remove_panel_users("panel no longer configured")
         if url:
             from .panel import PanelSync
 

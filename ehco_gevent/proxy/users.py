@@ -155,6 +155,16 @@ class UserStore:
         self.users.update(wanted)
         self._changed()
 
+    def remove_panel_users(self, why: str) -> int:
+        """Forget every user that came from a panel (its open connections closed): for a
+        reload that drops the panel, whose users nobody would update or remove any more."""
+        keys = [key for key, user in self.users.items() if user.user_id is not None]
+        for key in keys:
+            self._remove(key, why)
+        if keys:
+            self._changed()
+        return len(keys)
+
     def apply_panel(self, entries: Iterable[dict]) -> tuple[int, int, int]:
         """Apply the panel's user list; returns (added, updated, removed)."""
         added = updated = removed = 0

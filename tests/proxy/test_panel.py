@@ -1,6 +1,7 @@
 """Panel sync against a local panel: users come and go, traffic is POSTed with exact counts."""
 
 import os
+import signal
 import time
 
 import pytest
@@ -39,6 +40,7 @@ def node(tmp_path, ehco, panel):
                {"listen": "127.0.0.1", "port": trojan_port, "protocol": "trojan",
                 "tag": "trojan_proxy", "settings": {"clients": []}}]}}
     proc = ehco("-c", write_config(tmp_path, cfg))
+    proc.cfg, proc.tmp_path = cfg, tmp_path
     proc.wait_log("3 users (3 added")
     wait_port(port)
     wait_port(trojan_port)
@@ -134,3 +136,25 @@ def test_trojan_user_from_panel(node, panel, echo_server):
             got += d
     assert got == payload
     wait_for(lambda: reported(panel, 3) == (100_000, 100_000))
+
+
+def test_reload_without_panel_drops_its_users(node, panel, echo_server):
+    """A reload that removes sync_traffic_endpoint forgets the panel's users (nobody would
+    update or remove them any more): their open connections close and they are refused."""
+    proc, port = node
+    s, _, _ = raw_ss_connect(port, U1["method"], U1["password"], echo_server.port, first=b"hi")
+    assert read_reply(s, U1["method"], U1["password"], 2) == b"hi"
+    cfg = dict(proc.cfg)
+    del cfg["sync_traffic_endpoint"]
+    write_config(proc.tmp_path, cfg)
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("panel no longer configured")
+    s.settimeout(10)
+    try:
+        assert s.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    s.close()
+    s2, _, _ = raw_ss_connect(port, U1["method"], U1["password"], echo_server.port, first=b"hi")
+    assert_silent(s2)
+    s2.close()
