@@ -89,6 +89,7 @@ class SubscriptionService:
         self._pending: dict[str, SubState] = {}
         #: last refresh error per subscription name ("" when the last one worked)
         self.errors: dict[str, str] = {}
+        self.subscription_errors = self.errors  # the name the web index looks for
 
     # -- fetching and deriving ----------------------------------------------------------------
     def _fetch(self, sub: SubConfig) -> list[Proxy] | None:

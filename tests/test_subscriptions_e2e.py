@@ -123,6 +123,7 @@ def test_subscription_relays_provider_and_refresh(ehco, tmp_path):
         index = get("/").text
         assert f"/clash_proxy_provider/?sub_name={SUB}&amp;token={TOKEN}" in index
         assert f"/clash_proxy_provider/?sub_name={SUB}&amp;grouped=true&amp;token={TOKEN}" in index
+        assert "Last refresh failed" not in index
 
         # jb-1 moves: us-1 keeps its port, jb-1's relay reaches the new server
         moved = proxies_for(servers)
@@ -162,6 +163,9 @@ def test_subscription_relays_provider_and_refresh(ehco, tmp_path):
         assert greeting_of(gone["us-1-SUB"]["port"]) == b"us-1\n"
         assert greeting_of(gone["jb-1-SUB"]["port"]) == b"new\n"
         assert "cannot fetch" in proc.log
+        # the index page tells the operator the provider is serving stale relays
+        index = get("/").text
+        assert "Last refresh failed, serving the last good relays" in index and "cannot fetch" in index
     finally:
         for server in servers.values():
             server.close()

@@ -64,12 +64,13 @@ def create_flask_app(app: Any, service: Any) -> Flask:
         info = build.build_info()
         base = request.host_url.rstrip("/")
         subs = []
+        errors = subscription_errors(app)
         for sub in (cfg.sub_configs if cfg is not None else ()):
             plain = url("/clash_proxy_provider/", sub_name=sub.name)
             grouped = url("/clash_proxy_provider/", sub_name=sub.name, grouped="true")
             subs.append({"name": sub.name, "url": plain, "grouped_url": grouped,
                          "full_url": base + plain, "full_grouped_url": base + grouped,
-                         "key": quote(sub.name, safe="")})
+                         "key": quote(sub.name, safe=""), "error": errors.get(sub.name, "")})
         relays = [{"label": label, "listen": relay.cfg.listen,
                    "remotes": list(relay.cfg.tcp_remotes) + list(relay.cfg.udp_remotes)}
                   for label, relay in app.relays.relays.items()]
@@ -130,6 +131,16 @@ def create_flask_app(app: Any, service: Any) -> Flask:
         if make is not None:
             flask.register_blueprint(make())
     return flask
+
+
+def subscription_errors(app: Any) -> dict[str, str]:
+    """The last refresh error of each subscription ("" or missing when it worked), so the
+    operator sees on the page that a provider is serving stale relays."""
+    for service in getattr(app, "services", ()):
+        errors = getattr(service, "subscription_errors", None)
+        if errors is not None:
+            return errors
+    return {}
 
 
 def proxy_users(app: Any) -> list[dict] | None:
