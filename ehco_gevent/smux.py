@@ -86,33 +86,45 @@ class FrameDecoder:
 
     def iter_feed(self, data):
         """Frames one by one, so those before a bad header are still handled (as the Go
-        reader, which works frame by frame), then SmuxError."""
-        buf = self._buf
-        buf += data
+        reader, which works frame by frame), then SmuxError.
+
+        When nothing is buffered the frames are cut straight out of ``data`` (one copy per
+        payload); only an unfinished tail is kept, so the caller may reuse ``data``'s memory
+        once the frames are consumed."""
+        buffered = bool(self._buf)
+        if buffered:
+            self._buf += data
+            src = memoryview(self._buf)
+        else:
+            src = memoryview(data)
         pos = 0
+        end = len(src)
         unpack = HEADER.unpack_from
         try:
-            while len(buf) - pos >= HEADER_SIZE:
-                version, cmd, length, sid = unpack(buf, pos)
+            while end - pos >= HEADER_SIZE:
+                version, cmd, length, sid = unpack(src, pos)
                 if version != VERSION:
                     raise SmuxError(f"unknown smux version {version}")
                 if cmd == PSH:
-                    if len(buf) - pos - HEADER_SIZE < length:
+                    if end - pos - HEADER_SIZE < length:
                         break
                     start = pos + HEADER_SIZE
                     pos = start + length
-                    view = memoryview(buf)  # one copy out of buf (a slice would copy twice)
-                    payload = bytes(view[start:pos])
-                    view.release()
-                    yield cmd, sid, payload
+                    yield cmd, sid, bytes(src[start:pos])
                 elif cmd in (SYN, FIN, NOP):
                     pos += HEADER_SIZE
                     yield cmd, sid, b""
                 else:
                     raise SmuxError(f"unknown smux command {cmd}")
         finally:
-            if pos:
-                del buf[:pos]
+            if buffered:
+                src.release()  # a bytearray with a live view cannot shrink
+                if pos:
+                    del self._buf[:pos]
+            else:
+                if pos < end:
+                    self._buf = bytearray(src[pos:])
+                src.release()
 
 
 class SmuxStream:
@@ -244,6 +256,9 @@ class Session:
         decoder = FrameDecoder()
         chunk = bytearray(READ_CHUNK)
         view = memoryview(chunk)
+        # one timer, re-armed for each read inside a frame (a new Timeout per read is a
+        # measurable cost when frames span several reads, as over TLS)
+        stall = gevent.Timeout(self.stall_timeout, SmuxError("truncated frame: peer stalled"))
         try:
             while True:
                 if self._buffered >= self.max_buffer:
@@ -251,8 +266,11 @@ class Session:
                     if self.closed:
                         return
                 if decoder.partial:
-                    with gevent.Timeout(self.stall_timeout, SmuxError("truncated frame: peer stalled")):
+                    stall.start()
+                    try:
                         n = self.conn.recv_into(chunk)
+                    finally:
+                        stall.cancel()
                 else:
                     n = self.conn.recv_into(chunk)
                 if not n:

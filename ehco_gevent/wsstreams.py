@@ -95,6 +95,8 @@ class TLSStream:
         while True:
             try:
                 n = self.obj.read(len(buf), buf)
+                if n and n < len(buf):
+                    n += self._read_more(buf, n)
                 self._flush()
                 return n
             except _WANT_READ:
@@ -107,6 +109,22 @@ class TLSStream:
                 self.incoming.write(data)
             except _ZERO:
                 return 0
+
+    def _read_more(self, buf, n: int) -> int:
+        """Decrypt whatever else is already received into the rest of ``buf``: a TLS record is
+        at most 16 KiB, and one call per record would cost a trip through the caller's loop
+        (the smux reader, the pump) for every record."""
+        more = 0
+        with memoryview(buf) as view:
+            while n + more < len(view) and (self.incoming.pending or self.obj.pending()):
+                try:
+                    got = self.obj.read(len(view) - n - more, view[n + more:])
+                except _WANT_READ + _ZERO:
+                    break  # a partial record, or the peer's close_notify: the next call sees it
+                if not got:
+                    break
+                more += got
+        return more
 
     def sendall(self, data) -> None:
         if self._write_done:
