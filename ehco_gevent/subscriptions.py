@@ -87,9 +87,9 @@ class SubscriptionService:
         self.current: dict[str, SubState] = {}
         #: derived by the last expand_config, promoted once that config is running
         self._pending: dict[str, SubState] = {}
-        #: last refresh error per subscription name ("" when the last one worked)
-        self.errors: dict[str, str] = {}
-        self.subscription_errors = self.errors  # the name the web index looks for
+        #: last refresh error per subscription name ("" when the last one worked); the web
+        #: index finds it by this name
+        self.subscription_errors: dict[str, str] = {}
 
     # -- fetching and deriving ----------------------------------------------------------------
     def _fetch(self, sub: SubConfig) -> list[Proxy] | None:
@@ -97,11 +97,11 @@ class SubscriptionService:
         try:
             proxies, warnings = fetch_subscription(sub)
         except SubscriptionError as exc:
-            self.errors[sub.name] = str(exc)
+            self.subscription_errors[sub.name] = str(exc)
             return None
         for warning in warnings:
             log.warning("subscription %r: %s", sub.name, warning)
-        self.errors[sub.name] = ""
+        self.subscription_errors[sub.name] = ""
         return proxies
 
     def _proxies(self, sub: SubConfig, starting: bool) -> list[Proxy]:
@@ -111,8 +111,8 @@ class SubscriptionService:
         last = self.current.get(sub.name)
         if last is None or last.sub != sub:
             prefix = "" if starting else "reload: "
-            raise ConfigError(f"{prefix}{self.errors[sub.name]}")
-        log.error("%s; keeping its last %d proxies", self.errors[sub.name], len(last.proxies))
+            raise ConfigError(f"{prefix}{self.subscription_errors[sub.name]}")
+        log.error("%s; keeping its last %d proxies", self.subscription_errors[sub.name], len(last.proxies))
         return last.proxies
 
     def _derive(self, cfg: Config, sub: SubConfig, proxies: list[Proxy],
@@ -185,8 +185,8 @@ class SubscriptionService:
             return f"unknown sub_name {name!r}"
         proxies = self._fetch(sub)
         if proxies is None:
-            log.error("%s; keeping its last relays", self.errors[name])
-            return self.errors[name]
+            log.error("%s; keeping its last relays", self.subscription_errors[name])
+            return self.subscription_errors[name]
         with app._reload_lock:  # one writer of the running relays at a time
             cfg = app.config
             if sub not in cfg.sub_configs:  # a reload changed it meanwhile
