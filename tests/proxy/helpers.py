@@ -24,6 +24,16 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return out
 
 
+def assert_closed_by_server(sock: socket.socket, timeout: float = 10) -> None:
+    """The server ends this connection (EOF or reset) within ``timeout``; closes it."""
+    sock.settimeout(timeout)
+    try:
+        assert sock.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    sock.close()
+
+
 def socks5_connect(proxy_port: int, host: str, port: int, auth: tuple[str, str] | None = None,
                    timeout: float = 30) -> socket.socket:
     sock = socket.create_connection((LOOPBACK, proxy_port), timeout=timeout)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.proxy.helpers import Panel, Program, recv_exact, socks5_connect, start_ss_local
+from tests.proxy.helpers import Panel, Program, assert_closed_by_server, recv_exact, socks5_connect, start_ss_local
 from tests.proxy.test_panel import reported, wait_for
 from tests.proxy.test_trojan import read_all, request, tls_connect
 from tests.support import (BlobHTTPServer, LOOPBACK, free_port, free_tcp_udp_port, require_program, sha,
@@ -99,12 +99,7 @@ def test_panel_users_with_real_clients(tmp_path, ehco, origin, echo_server):
         assert recv_exact(held, 4) == b"ping"
         panel.users = [u for u in panel.users if u["user_id"] != TROJAN_ID]
         proc.wait_log(f"proxy user {TROJAN_ID} removed")
-        held.settimeout(10)
-        try:
-            assert held.recv(100) == b""
-        except ConnectionResetError:
-            pass
-        held.close()
+        assert_closed_by_server(held)
         # ... and it cannot connect again (no fallback: it gets the plain index text)
         with tls_connect(trojan_port) as s:
             s.sendall(request(TROJAN_PW, echo_server.port) + b"again")
