@@ -64,14 +64,19 @@
         return { box: box, upText: up, downText: down, plot: u };
     }
 
+    // one muted row across the table, for a table with nothing to show yet
+    function emptyRow(body, columns, text) {
+        var tr = document.createElement("tr");
+        var td = document.createElement("td");
+        td.colSpan = columns; td.className = "muted"; td.textContent = text;
+        tr.appendChild(td); body.appendChild(tr);
+    }
+
     function renderPings(pings) {
         var body = document.getElementById("pings");
         body.textContent = "";
         if (!pings.length) {
-            var tr = document.createElement("tr");
-            var td = document.createElement("td");
-            td.colSpan = 4; td.className = "muted"; td.textContent = "No ping results yet.";
-            tr.appendChild(td); body.appendChild(tr);
+            emptyRow(body, 4, "No ping results yet.");
             return;
         }
         pings.forEach(function (p) {
@@ -90,12 +95,7 @@
         var body = document.getElementById("proxy-users");
         if (!body || !users) return;
         body.textContent = "";
-        if (!users.length) {
-            var tr = document.createElement("tr");
-            var td = document.createElement("td");
-            td.colSpan = 8; td.className = "muted"; td.textContent = "No proxy users.";
-            tr.appendChild(td); body.appendChild(tr);
-        }
+        if (!users.length) emptyRow(body, 8, "No proxy users.");
         var seen = {};
         users.forEach(function (u) {
             var prev = lastUsers[u.user], upRate = null, downRate = null;
