@@ -71,25 +71,16 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class EhcoProcess:
-    """A real ehco process (``python -m ehco_gevent``, the console script's entry point)."""
+class LoggedProcess:
+    """A real child process with its output in a log file, stopped by PID (SIGTERM, then
+    SIGKILL after ``grace`` seconds)."""
 
-    def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None,
-                 nofile: int | None = None):
-        self.log_path = tmp_path / f"ehco-{time.monotonic_ns()}.log"
-        self.log_file = open(self.log_path, "wb")
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-        full_env.update(env or {})
-        def limit_fds():  # runs in the child: a hard cap the process cannot raise
-            import resource
+    grace = 10.0
 
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "ehco_gevent", *args],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     env=full_env, cwd=str(tmp_path),
-                                     preexec_fn=limit_fds if nofile else None)
+    def __init__(self, cmd: list[str], log_path: Path, **popen):
+        self.log_path = log_path
+        self.log_file = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, **popen)
 
     @property
     def log(self) -> str:
@@ -100,7 +91,7 @@ class EhcoProcess:
         deadline = time.monotonic() + timeout
         while needle not in self.log:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} not in ehco log:\n{self.log}")
+                raise AssertionError(f"{needle!r} not in {self.log_path.name}:\n{self.log}")
             time.sleep(0.05)
 
     def signal(self, sig: int) -> None:
@@ -110,12 +101,32 @@ class EhcoProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.log_file.close()
         return self.proc.returncode
+
+
+class EhcoProcess(LoggedProcess):
+    """A real ehco process (``python -m ehco_gevent``, the console script's entry point)."""
+
+    def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None,
+                 nofile: int | None = None):
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.update(env or {})
+
+        def limit_fds():  # runs in the child: a hard cap the process cannot raise
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        super().__init__([sys.executable, "-m", "ehco_gevent", *args],
+                         tmp_path / f"ehco-{time.monotonic_ns()}.log",
+                         env=full_env, cwd=str(tmp_path),
+                         preexec_fn=limit_fds if nofile else None)
 
 
 def write_config(tmp_path: Path, cfg: dict, name: str = "config.json") -> Path:

@@ -16,9 +16,7 @@ In frames mode the Go peer pings every WebSocket connection once; ours must answ
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import LOOPBACK, EchoServer, EhcoProcess, free_port, roundtrip, sha, wait_port
+from ..support import LOOPBACK, EchoServer, EhcoProcess, LoggedProcess, free_port, roundtrip, sha, wait_port
 
 GREETING = b"220 interop.example ESMTP ready\r\n"
 QUIT, GOODBYE = b"QUIT\r\n", b"221 bye\r\n"
@@ -106,29 +104,13 @@ CASES = [Case(t, way, frames) for frames, kinds in ((False, ("ws", "wss", "mwss"
          for t in kinds for way in WAYS if not (way == "go_to_go" and t in SMUX)]
 
 
-class GoNode:
+class GoNode(LoggedProcess):
     """The Go peer as a real process, output in a log file, stopped by PID."""
 
+    grace = 5.0
+
     def __init__(self, binary: Path, args: list[str], log_dir: Path):
-        self.log_path = log_dir / f"goehco-{time.monotonic_ns()}.log"
-        self.log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(binary), *args], stdout=self.log_file,
-                                     stderr=subprocess.STDOUT)
-
-    @property
-    def log(self) -> str:
-        self.log_file.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log_file.close()
+        super().__init__([str(binary), *args], log_dir / f"goehco-{time.monotonic_ns()}.log")
 
 
 @dataclass
