@@ -85,12 +85,12 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:                               (a subscription refresh); cfg is the new running config
 #:   stop()                      at exit
 SERVICE_FACTORIES: list[str] = [
-    "ehco_gevent.metrics:create_service",
+    "ehco_gevent.observability.metrics:create_service",
     "ehco_gevent.web:create_service",
-    "ehco_gevent.ping:create_service",
-    "ehco_gevent.relay_sync:create_service",
+    "ehco_gevent.observability.ping:create_service",
+    "ehco_gevent.observability.relay_sync:create_service",
     "ehco_gevent.proxy.server:create_service",
-    "ehco_gevent.subscriptions:create_service",
+    "ehco_gevent.clash.subscriptions:create_service",
 ]
 
 

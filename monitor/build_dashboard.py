@@ -2,7 +2,7 @@
 
 The dashboard is generated so its panels stay consistent (same variables, same units) and can be
 reviewed as code; run ``python monitor/build_dashboard.py`` after changing it. It queries only
-names a node exposes (tests/metrics/test_monitor.py checks every expression against a real
+names a node exposes (tests/observability/test_monitor.py checks every expression against a real
 scrape), and works for Go ehco nodes too, except the ehco-gevent-only panels (greenlets, memory,
 dial failures).
 """

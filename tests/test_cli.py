@@ -155,7 +155,7 @@ def test_every_option_takes_effect(ehco, echo_server, udp_echo_server, style):
     each one visibly changes what the process does."""
     import requests
 
-    from ehco_gevent.metrics import parse_samples
+    from ehco_gevent.observability.metrics import parse_samples
 
     from .support import free_tcp_udp_port
 

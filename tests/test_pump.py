@@ -13,7 +13,7 @@ import gevent
 import pytest
 
 from ehco_gevent import pump as pump_mod
-from ehco_gevent.streams import SocketStream
+from ehco_gevent.transports.streams import SocketStream
 
 from .support import gevent_tcp_pair as tcp_pair
 

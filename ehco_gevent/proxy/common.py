@@ -13,7 +13,7 @@ from gevent import socket
 
 from ..connections import ConnectionRegistry
 from ..pump import pump
-from ..streams import SocketStream
+from ..transports.streams import SocketStream
 from ..transports.raw import dial_tcp
 from .addr import format_target
 from .users import User, UserStore

@@ -14,7 +14,7 @@ import hmac
 import logging
 from urllib.parse import urlsplit
 
-from ..streams import SocketStream
+from ..transports.streams import SocketStream
 from ..transports.raw import dial_tcp
 from .common import HANDSHAKE_TIMEOUT, Context
 

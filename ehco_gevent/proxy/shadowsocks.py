@@ -73,7 +73,7 @@ def identify(users: list[User], head: bytes) -> tuple[User, bytes] | None:
 
 
 class AEADStream:
-    """An encrypted client socket, seen by the pump as plaintext (see ehco_gevent.streams)."""
+    """An encrypted client socket, seen by the pump as plaintext (see ehco_gevent.transports.streams)."""
 
     splice_socket = None
 

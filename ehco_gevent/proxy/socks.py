@@ -159,7 +159,7 @@ def handle_tcp(ctx: Context, sock, client: str) -> None:
 
 
 def _connect(ctx: Context, sock, client: str, host: str, port: int, rest: bytes) -> None:
-    from ..streams import SocketStream
+    from ..transports.streams import SocketStream
     from ..transports.raw import dial_tcp
 
     # dial first, so the reply can say whether it worked (curl and browsers rely on it)

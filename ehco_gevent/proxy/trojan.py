@@ -18,8 +18,8 @@ import gevent
 from gevent import socket
 
 from ..config import split_host_port
-from ..streams import SocketStream
-from ..tls import new_server_context, server_context
+from ..transports.streams import SocketStream
+from ..transports.tls import new_server_context, server_context
 from ..transports.raw import dial_tcp
 from .addr import AddressError, encode_address, parse_address
 from .common import HANDSHAKE_TIMEOUT, Context

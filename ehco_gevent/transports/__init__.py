@@ -5,7 +5,7 @@ An *inbound* turns one accepted TCP socket into one or more streams (raw and ws 
 and mwss carry many smux streams over one socket) and calls ``on_stream(stream)`` for each, in
 a greenlet of its own. A *dialer* turns a remote address into one stream. Both are made per
 relay, because some keep state (TLS contexts, the smux session pool). Streams follow the shape
-described in :mod:`ehco_gevent.streams`.
+described in :mod:`ehco_gevent.transports.streams`.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ..config import RelayConfig, remote_host_port
-from ..smux import SessionPool, serve_session
-from ..streams import SocketStream
+from .smux import SessionPool, serve_session
+from .streams import SocketStream
 from .raw import dial_tcp, tune
 
 

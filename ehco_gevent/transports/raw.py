@@ -8,7 +8,7 @@ from typing import Callable
 from gevent import socket
 
 from ..config import RelayConfig, remote_host_port
-from ..streams import SocketStream
+from .streams import SocketStream
 
 #: ehco's DialTimeOut
 DIAL_TIMEOUT = 3.0

@@ -17,12 +17,12 @@ from typing import Callable
 
 import gevent
 
-from .. import websocket as wsproto
+from . import websocket as wsproto
 from ..config import RelayConfig, remote_host_port
-from ..smux import SessionPool, serve_session
-from ..streams import SocketStream
-from ..tls import client_context, server_context
-from ..wsstreams import FramedStream, TLSStream
+from .smux import SessionPool, serve_session
+from .streams import SocketStream
+from .tls import client_context, server_context
+from .wsstreams import FramedStream, TLSStream
 from .raw import DIAL_TIMEOUT, dial_tcp, tune
 
 log = logging.getLogger("ehco.ws")

@@ -113,7 +113,7 @@ class WebService:
         if now - self._pings_at >= PING_REFRESH:
             self._pings_at = now
             try:
-                from ..metrics import render_metrics
+                from ..observability.metrics import render_metrics
 
                 body, _ = render_metrics(self.app)
                 self.pings.update(body.decode("utf-8", "replace"))

@@ -120,7 +120,7 @@ def create_flask_app(app: Any, service: Any) -> Flask:
 
     @flask.get("/metrics/")
     def metrics():
-        from ..metrics import render_metrics  # the metrics module owns names and collectors
+        from ..observability.metrics import render_metrics  # the metrics module owns names and collectors
 
         body, content_type = render_metrics(app)
         return Response(body, 200, headers={"Content-Type": content_type})

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ehco_gevent import tls
+from ehco_gevent.transports import tls
 from ehco_gevent.proxy import trojan
 from tests.proxy.helpers import (
     Program,
@@ -165,7 +165,7 @@ def _peer_certificate(port):
 
 
 def test_certificate_from_env_or_generated(tmp_path, ehco, echo_server):
-    """No certificate in the inbound: the process's one (ehco_gevent.tls), i.e. the PEM files
+    """No certificate in the inbound: the process's one (ehco_gevent.transports.tls), i.e. the PEM files
     named by EHCO_CERT_FILE_NAME / EHCO_KEY_FILE_NAME, else a self-signed RSA-2048 one."""
     cert_pem, key_pem = tls.self_signed_pem("trojan-env-test")
     (tmp_path / "c.pem").write_bytes(cert_pem)

@@ -9,7 +9,7 @@ import os
 import pytest
 import requests
 
-from ehco_gevent.metrics import parse_samples
+from ehco_gevent.observability.metrics import parse_samples
 from tests.proxy.test_shadowsocks import Reader, raw_ss_connect
 from tests.support import LOOPBACK, EchoServer, free_port, free_tcp_udp_port, wait_port, write_config
 

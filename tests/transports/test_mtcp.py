@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ehco_gevent.smux import FIN, MAX_STREAMS, PSH, SYN, FrameDecoder, encode_frame
+from ehco_gevent.transports.smux import FIN, MAX_STREAMS, PSH, SYN, FrameDecoder, encode_frame
 
 from ..support import EchoServer, parallel_roundtrips, free_port, roundtrip, sha, wait_port
 

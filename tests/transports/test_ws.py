@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from ehco_gevent import smux
-from ehco_gevent import websocket as wsproto
+from ehco_gevent.transports import smux
+from ehco_gevent.transports import websocket as wsproto
 
 from ..support import free_port as support_free_port
 from ..support import EchoServer, EhcoProcess, parallel_roundtrips, roundtrip, sha, wait_port, write_config

@@ -105,7 +105,7 @@ def test_config_dump_has_the_relay(web_node):
 
 
 def test_metrics_route(web_node):
-    from ehco_gevent.metrics import parse_samples
+    from ehco_gevent.observability.metrics import parse_samples
 
     node = web_node()
     resp = node.get("/metrics/")

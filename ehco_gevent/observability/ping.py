@@ -31,7 +31,7 @@ import gevent
 from gevent import socket
 from prometheus_client import Counter, Histogram
 
-from .config import remote_host_port
+from ..config import remote_host_port
 
 log = logging.getLogger("ehco.ping")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ehco_gevent.hostmetrics import (HostCollector, parse_meminfo, parse_mounts, parse_net_dev,
+from ehco_gevent.observability.hostmetrics import (HostCollector, parse_meminfo, parse_mounts, parse_net_dev,
                                      parse_proc_stat)
 
 NET_DEV = """\

@@ -24,8 +24,8 @@ Names and meanings (design.md 6.2 and docs/metrics.md):
 - ``ehco_proxy_user_traffic_bytes_total{user,flow="up|down"}`` and
   ``ehco_proxy_user_connections{user}`` for the embedded proxy's users (only when an
   ``xray_config`` is served; :class:`ProxyUserCollector`), in the quantity the panel is sent;
-- host metrics under node_exporter's names (:mod:`ehco_gevent.hostmetrics`), ping metrics
-  (:mod:`ehco_gevent.ping`), and the client library's ``process_*`` and ``python_*``.
+- host metrics under node_exporter's names (:mod:`ehco_gevent.observability.hostmetrics`), ping metrics
+  (:mod:`ehco_gevent.observability.ping`), and the client library's ``process_*`` and ``python_*``.
 
 The ``_total`` question: prometheus-client names a counter's samples ``NAME_total``, but ehco's
 Go client exposed ``ehco_traffic_network_transmit_bytes`` without the suffix, and ehco's
@@ -155,7 +155,7 @@ class ProxyUserCollector:
         cfg = getattr(self.app, "config", None)
         if cfg is None or getattr(cfg, "xray_config", None) is None:
             return
-        from .proxy.users import collect as collect_users
+        from ..proxy.users import collect as collect_users
 
         rows = collect_users()
         traffic = CounterMetricFamily(

@@ -11,7 +11,7 @@ from collections import Counter
 import requests
 import yaml
 
-from .support import LOOPBACK, EchoServer, free_port, roundtrip, write_config
+from ..support import LOOPBACK, EchoServer, free_port, roundtrip, write_config
 
 SUB = "SUB"
 TOKEN = "tok"

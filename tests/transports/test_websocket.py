@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehco_gevent import websocket as ws
-from ehco_gevent.websocket import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
+from ehco_gevent.transports import websocket as ws
+from ehco_gevent.transports.websocket import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
                                    FrameDecoder, FrameError, HandshakeError)
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="

@@ -12,7 +12,7 @@ logged (and told in the provider answer); at start-up, with nothing good yet, it
 error (exit 2), as is a subscription added by a reload that cannot be fetched.
 
 The rules themselves (labels, groups, which relays keep their port) are plain functions in
-:mod:`ehco_gevent.clash_groups`.
+:mod:`ehco_gevent.clash.clash_groups`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .addresses import ListenError, bind_socket
+from ..addresses import ListenError, bind_socket
 from .clash_groups import (Plan, Proxy, SubscriptionError, derive_relays, join_host_port,
                            parse_subscription, provider_proxies, provider_yaml)
-from .config import Config, ConfigError, RelayConfig, SubConfig, check_unique_labels, split_host_port
-from .version import VERSION
+from ..config import Config, ConfigError, RelayConfig, SubConfig, check_unique_labels, split_host_port
+from ..version import VERSION
 
 log = logging.getLogger("ehco.clash")
 

@@ -9,11 +9,11 @@ from gevent import socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehco_gevent.smux import (FIN, NOP, PSH, SEND_FRAME, SYN, FrameDecoder, Session,
+from ehco_gevent.transports.smux import (FIN, NOP, PSH, SEND_FRAME, SYN, FrameDecoder, Session,
                               SessionPool, SmuxError, encode_data, encode_frame, serve_session)
-from ehco_gevent.streams import SocketStream
+from ehco_gevent.transports.streams import SocketStream
 
-from .support import gevent_tcp_pair as tcp_pair
+from ..support import gevent_tcp_pair as tcp_pair
 
 
 # -- codec ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ehco_gevent.clash_groups import (Proxy, SubscriptionError, common_prefix, derive_relays,
+from ehco_gevent.clash.clash_groups import (Proxy, SubscriptionError, common_prefix, derive_relays,
                                       group_label, group_names, group_prefixes, parse_proxies,
                                       parse_subscription, provider_proxies, provider_yaml,
                                       proxy_label)

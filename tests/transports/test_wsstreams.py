@@ -5,12 +5,12 @@ import os
 import gevent
 import pytest
 
-from ehco_gevent import websocket as wsproto
-from ehco_gevent.streams import SocketStream
-from ehco_gevent.tls import client_context, server_context
-from ehco_gevent.wsstreams import FramedStream, TLSStream
+from ehco_gevent.transports import websocket as wsproto
+from ehco_gevent.transports.streams import SocketStream
+from ehco_gevent.transports.tls import client_context, server_context
+from ehco_gevent.transports.wsstreams import FramedStream, TLSStream
 
-from .support import gevent_tcp_pair as tcp_pair
+from ..support import gevent_tcp_pair as tcp_pair
 
 
 

@@ -7,9 +7,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ehco_gevent.tls import self_signed_pem
+from ehco_gevent.transports.tls import self_signed_pem
 
-from .support import free_port, wait_port
+from ..support import free_port, wait_port
 
 
 def peer_certificate(port: int) -> x509.Certificate:
@@ -135,7 +135,7 @@ def negotiated_alpn(server_ctx) -> str | None:
 
 def test_contexts_for_other_users_do_not_change_the_shared_one():
     """trojan sets ALPN on its own context; the wss listeners' shared one must not offer h2."""
-    from ehco_gevent import tls
+    from ehco_gevent.transports import tls
 
     own = tls.new_server_context()
     own.set_alpn_protocols(["h2", "http/1.1"])

@@ -2,7 +2,7 @@
 the provider YAML back out (design.md section 7).
 
 Everything here is a function over dicts, strings and :class:`RelayConfig`; the service in
-:mod:`ehco_gevent.subscriptions` only fetches, allocates ports and applies the result, so the
+:mod:`ehco_gevent.clash.subscriptions` only fetches, allocates ports and applies the result, so the
 rules (labels, groups, which relays keep their port across a refresh) are tested without sockets.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .config import RelayConfig
+from ..config import RelayConfig
 
 
 class SubscriptionError(Exception):

@@ -10,7 +10,7 @@ from gevent import socket
 
 from ehco_gevent.config import parse_config
 from ehco_gevent.connections import ConnectionRegistry
-from ehco_gevent.metrics import (CONST_LABELS, HANDSHAKE_BUCKETS_MS, HOSTNAME, MetricsService,
+from ehco_gevent.observability.metrics import (CONST_LABELS, HANDSHAKE_BUCKETS_MS, HOSTNAME, MetricsService,
                                  metric_names, metrics_for, parse_samples,
                                  render_metrics)
 from ehco_gevent.relay import Relay

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ehco_gevent import ping
+from ehco_gevent.observability import ping
 from ehco_gevent.config import parse_config
 from ehco_gevent.connections import ConnectionRegistry
-from ehco_gevent.metrics import metrics_for, parse_samples, render_metrics
+from ehco_gevent.observability.metrics import metrics_for, parse_samples, render_metrics
 
 from ..support import ROOT, require_program
 
@@ -160,11 +160,11 @@ CHILD = textwrap.dedent("""
     import json, logging, os, socket, sys
     sys.path.insert(0, sys.argv[1])
     from types import SimpleNamespace
-    from ehco_gevent import ping
+    from ehco_gevent.observability import ping
     from ehco_gevent.config import parse_config
     from ehco_gevent.connections import ConnectionRegistry
-    from ehco_gevent.metrics import metrics_for
-    from ehco_gevent.metrics import parse_samples, render_metrics
+    from ehco_gevent.observability.metrics import metrics_for
+    from ehco_gevent.observability.metrics import parse_samples, render_metrics
     import gevent, gevent.socket
     if sys.argv[2] == "nobody":
         # everything imported lazily is loaded first: nobody cannot read root's Python

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from ehco_gevent.metrics import parse_samples
+from ehco_gevent.observability.metrics import parse_samples
 
 from ..support import LOOPBACK, ROOT, free_port, require_program, roundtrip, sha, wait_port, \
     write_config

@@ -20,7 +20,7 @@ import tempfile
 
 from gevent import ssl
 
-from .config import ConfigError
+from ..config import ConfigError
 
 log = logging.getLogger("ehco.tls")
 

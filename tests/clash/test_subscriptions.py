@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from ehco_gevent.subscriptions import allocate_port, one_line, request_host
+from ehco_gevent.clash.subscriptions import allocate_port, one_line, request_host
 
 
 def test_request_host():

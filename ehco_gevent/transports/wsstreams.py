@@ -1,7 +1,7 @@
 """Stream objects for the WebSocket tunnels: TLS underneath, RFC 6455 frames on top.
 
-Both follow the stream interface of :mod:`ehco_gevent.streams`. Raw-mode ws needs neither: after
-the handshake it is a plain :class:`~ehco_gevent.streams.SocketStream`, so the pump splices it.
+Both follow the stream interface of :mod:`ehco_gevent.transports.streams`. Raw-mode ws needs neither: after
+the handshake it is a plain :class:`~ehco_gevent.transports.streams.SocketStream`, so the pump splices it.
 
 Half-close:
 

@@ -25,8 +25,8 @@ from typing import Any, Iterable
 
 import gevent
 
-from .build import build_info
-from .version import VERSION
+from ..build import build_info
+from ..version import VERSION
 
 log = logging.getLogger("ehco.relay_sync")
 

@@ -13,7 +13,7 @@ import pytest
 
 from ehco_gevent.config import parse_config
 from ehco_gevent.connections import ConnectionRegistry
-from ehco_gevent.relay_sync import RelaySyncService, version_info
+from ehco_gevent.observability.relay_sync import RelaySyncService, version_info
 from ehco_gevent.version import VERSION
 
 from ..support import LOOPBACK, free_port, roundtrip, wait_port, write_config

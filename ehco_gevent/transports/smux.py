@@ -128,7 +128,7 @@ class FrameDecoder:
 
 
 class SmuxStream:
-    """One multiplexed stream, with the stream interface of :mod:`ehco_gevent.streams`."""
+    """One multiplexed stream, with the stream interface of :mod:`ehco_gevent.transports.streams`."""
 
     splice_socket = None
 

@@ -1,0 +1,1 @@
+"""Clash subscriptions: grouping proxies into relays (pure) and fetching/serving them."""
