@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
 import gevent
 from gevent import socket
 
+from .. import limits
 from ..connections import ConnectionRegistry
+from ..fairness import Budget
+from ..logs import RateLimitedLogger
 from ..pump import pump
 from ..transports.streams import SocketStream
 from ..transports.raw import dial_tcp
@@ -21,11 +25,37 @@ from .xray_config import Inbound
 
 log = logging.getLogger("ehco.proxy")
 
-#: seconds a handshake may take before the client is dropped
-HANDSHAKE_TIMEOUT = 30.0
 #: a client that failed authentication is read (and ignored) this long before we close, so a
 #: prober learns nothing from the timing or from an answer
 DRAIN_SECONDS = 15.0
+#: ... unless it sends more than this meanwhile: a junk flood is closed at once
+DRAIN_MAX_BYTES = 1024 * 1024
+#: reads of the drain loop between two turns of the hub
+DRAIN_READ_BUDGET = 4
+
+#: connections (or datagrams) refused per cause since start: handshake_timeout, junk_flood,
+#: bad_datagram; a debugging aid (the log says the same, rate-limited)
+REFUSED: Counter = Counter()
+#: one log line per cause per interval, whatever an attacker repeats
+ATTACK_LOG = RateLimitedLogger(log)
+
+
+class HandshakeTimeout(Exception):
+    """The client did not finish its handshake within ``proxy_handshake_timeout``."""
+
+
+def handshake_deadline() -> gevent.Timeout:
+    """A deadline for a client's whole handshake (every read and write of it together, TLS
+    included), so a client trickling one byte at a time cannot hold its socket open."""
+    seconds = limits.current().proxy_handshake_timeout
+    return gevent.Timeout(seconds, HandshakeTimeout(f"handshake not complete within {seconds:g} s"))
+
+
+def refused(name: str, client: str, cause: str, detail: str) -> None:
+    """Count and log one refused client: debug per client, info at most once per interval."""
+    REFUSED[cause] += 1
+    log.debug("proxy %s: %s: %s", name, client, detail)
+    ATTACK_LOG.log(logging.INFO, f"{name}:{cause}", "proxy %s: closed %s: %s", name, client, detail)
 
 
 class Context:
@@ -91,19 +121,27 @@ class Context:
                       target, conn.up_bytes, conn.down_bytes)
 
 
-def drain(sock: socket.socket, seconds: float | None = None) -> None:
-    """Read and discard until the peer closes or ``seconds`` pass; never answer."""
+def drain(sock: socket.socket, seconds: float | None = None) -> bool:
+    """Read and discard until the peer closes or ``seconds`` pass; never answer. False (close
+    now) when the peer sent more than DRAIN_MAX_BYTES meanwhile: a flood, not a probe."""
     deadline = time.monotonic() + (DRAIN_SECONDS if seconds is None else seconds)
+    budget = Budget(DRAIN_READ_BUDGET)
+    total = 0
     try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return True
             sock.settimeout(left)
-            if not sock.recv(65536):
-                return
+            data = sock.recv(65536)
+            if not data:
+                return True
+            total += len(data)
+            if total > DRAIN_MAX_BYTES:
+                return False
+            budget.spend()
     except (OSError, socket.timeout):
-        return
+        return True
 
 
 def recv_at_least(sock: socket.socket, buf: bytearray, n: int) -> bool:

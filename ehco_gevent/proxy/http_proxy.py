@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from ..transports.streams import SocketStream
 from ..transports.raw import dial_tcp
-from .common import HANDSHAKE_TIMEOUT, Context
+from .common import Context, handshake_deadline
 
 log = logging.getLogger("ehco.proxy.http")
 
@@ -109,18 +109,25 @@ REASONS = {400: "Bad Request", 407: "Proxy Authentication Required", 431: "Reque
            502: "Bad Gateway"}
 
 
+def read_head(sock, buf: bytearray):
+    """Read until ``parse_head`` has a whole head (under the caller's deadline); None on EOF."""
+    while True:
+        head = parse_head(bytes(buf))
+        if head is not None:
+            return head
+        data = sock.recv(65536)
+        if not data:
+            return None
+        buf += data
+
+
 def handle_tcp(ctx: Context, sock, client: str) -> None:
-    sock.settimeout(HANDSHAKE_TIMEOUT)
     buf = bytearray()
     try:
-        while True:
-            head = parse_head(bytes(buf))
-            if head is not None:
-                break
-            data = sock.recv(65536)
-            if not data:
-                return
-            buf += data
+        with handshake_deadline():
+            head = read_head(sock, buf)
+        if head is None:
+            return
         method, target, version, headers, used = head
         if not authorized(headers, ctx.inbound.accounts):
             sock.sendall(response(407, REASONS[407], 'Proxy-Authenticate: Basic realm="proxy"\r\n'))

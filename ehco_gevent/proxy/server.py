@@ -19,7 +19,7 @@ from gevent.server import StreamServer
 from ..addresses import ListenError, bind_socket, format_addr
 from ..config import Config, ConfigError
 from ..relay import _Server
-from .common import Context
+from .common import Context, HandshakeTimeout, refused
 from .users import STORE, UserStore
 from .xray_config import Inbound, XrayConfig, parse_xray_config
 
@@ -100,6 +100,8 @@ class InboundServer:
         client = format_addr(address)
         try:
             self._handler(self.ctx, sock, client)
+        except HandshakeTimeout as exc:
+            refused(self.ctx.name, client, "handshake_timeout", f"{exc}, connection closed")
         except Exception as exc:  # one bad client ends its own connection only
             log.debug("proxy %s: %s: %s: %s", self.ctx.name, client, type(exc).__name__, exc)
         finally:

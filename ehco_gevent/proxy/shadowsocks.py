@@ -16,8 +16,11 @@ import gevent
 from gevent import socket
 
 from . import aead
+from ..addresses import format_addr
 from .addr import AddressError, encode_address, format_target, parse_address
-from .common import HANDSHAKE_TIMEOUT, Context, drain, recv_at_least
+from ..fairness import Budget
+from .common import (DRAIN_MAX_BYTES, Context, drain, handshake_deadline, recv_at_least,
+                     refused)
 from .users import User
 
 log = logging.getLogger("ehco.proxy.ss")
@@ -124,54 +127,65 @@ def handle_tcp(ctx: Context, sock, client: str) -> None:
     users = ctx.store.ss_users(ctx.inbound.tag)
     if not users:
         log.debug("proxy %s: %s: no users, dropping", ctx.name, client)
-        drain(sock)
+        _ignore(ctx, sock, client)
         return
+    try:
+        with handshake_deadline():
+            result = _handshake(ctx, sock, client, users)
+    except (OSError, socket.timeout) as exc:
+        log.debug("proxy %s: %s: handshake failed: %s", ctx.name, client, exc)
+        return
+    if result is None:
+        return
+    if isinstance(result, str):
+        log.debug("proxy %s: %s: %s, ignoring it", ctx.name, client, result)
+        _ignore(ctx, sock, client)
+        return
+    user, dec, plain, (host, port, end) = result
+    sock.settimeout(None)
+    enc = aead.Encryptor(user.cipher, user.master)
+    REPLAY.add(enc.salt)
+    stream = AEADStream(sock, dec, enc, bytes(plain[end:]))
+    ctx.relay(stream, client, host, port, user)
+
+
+def _handshake(ctx: Context, sock, client: str, users: list[User]):
+    """Read until the target address: ``(user, decryptor, plaintext, target)``; a reason
+    string when the client is to be ignored (drained, never answered); None on EOF."""
     need = max(u.cipher.salt_size for u in users) + aead.LENGTH_CHUNK
     head = bytearray()
-    sock.settimeout(HANDSHAKE_TIMEOUT)
-    try:
-        # a real client's first write holds at least salt + length chunk + one payload chunk
-        # (>= 16 + 18 + 17), so waiting for the longest salt's worth never stalls one
-        complete = recv_at_least(sock, head, need)
-    except (OSError, socket.timeout) as exc:
-        log.debug("proxy %s: %s: handshake read failed: %s", ctx.name, client, exc)
-        return
+    # a real client's first write holds at least salt + length chunk + one payload chunk
+    # (>= 16 + 18 + 17), so waiting for the longest salt's worth never stalls one
+    complete = recv_at_least(sock, head, need)
     found = identify(users, bytes(head)) if complete or len(head) >= 34 else None
     if found is None:
-        log.debug("proxy %s: %s: no user's key fits (%d bytes read), ignoring it", ctx.name,
-                  client, len(head))
-        drain(sock)
-        return
+        return f"no user's key fits ({len(head)} bytes read)"
     user, salt = found
     if not REPLAY.check_and_add(salt):
         log.info("proxy %s: %s: replayed salt (user %s), ignoring it", ctx.name, client, user.label)
-        drain(sock)
-        return
+        return "replayed salt"
     dec = aead.Decryptor(user.cipher, user.master, salt)
     try:
         plain = bytearray(dec.feed(bytes(head[len(salt):])))
         while True:
             target = parse_address(plain)
             if target is not None:
-                break
+                return user, dec, plain, target
             data = sock.recv(65536)
             if not data:
                 log.debug("proxy %s: %s: EOF before the target address", ctx.name, client)
-                return
+                return None
             plain += dec.feed(data)
     except (aead.AuthError, AddressError) as exc:
-        log.debug("proxy %s: %s (user %s): bad header: %s", ctx.name, client, user.label, exc)
-        drain(sock)
-        return
-    except (OSError, socket.timeout) as exc:
-        log.debug("proxy %s: %s: handshake failed: %s", ctx.name, client, exc)
-        return
-    sock.settimeout(None)
-    host, port, end = target
-    enc = aead.Encryptor(user.cipher, user.master)
-    REPLAY.add(enc.salt)
-    stream = AEADStream(sock, dec, enc, bytes(plain[end:]))
-    ctx.relay(stream, client, host, port, user)
+        return f"bad header (user {user.label}): {exc}"
+
+
+def _ignore(ctx: Context, sock, client: str) -> None:
+    """Say nothing to a client that failed: read and drop its bytes for a while, then close
+    (at once when it floods)."""
+    if not drain(sock):
+        refused(ctx.name, client, "junk_flood",
+                f"junk flood (over {DRAIN_MAX_BYTES} bytes no key opens), connection closed")
 
 
 # -- UDP ---------------------------------------------------------------------------------------
@@ -216,8 +230,10 @@ class _UDPSession:
         self.user.count_up(len(payload))
 
     def _replies(self) -> None:
+        budget = Budget()
         try:
             while True:
+                budget.spend()
                 left = self.last + self.server.idle_timeout - time.monotonic()
                 if left <= 0:
                     return
@@ -253,6 +269,7 @@ class ShadowsocksUDP:
         self._loop = gevent.spawn(self._serve)
 
     def _serve(self) -> None:
+        budget = Budget()
         while True:
             try:
                 packet, client = self.sock.recvfrom(MAX_DATAGRAM)
@@ -264,6 +281,7 @@ class ShadowsocksUDP:
                 self._handle(packet, client)
             except Exception as exc:  # one bad datagram must not stop the loop
                 log.debug("proxy %s: udp packet from %s dropped: %s", self.ctx.name, client, exc)
+            budget.spend()
 
     def _handle(self, packet: bytes, client) -> None:
         users = self.ctx.store.ss_users(self.ctx.inbound.tag)
@@ -272,7 +290,8 @@ class ShadowsocksUDP:
             users = [session.user] + [u for u in users if u is not session.user]
         found = open_udp_packet(users, packet)
         if found is None:
-            log.debug("proxy %s: udp packet from %s: no user's key fits", self.ctx.name, client)
+            refused(self.ctx.name, format_addr(client), "bad_datagram",
+                    "udp datagram that no user's key opens, dropped")
             return
         user, plain = found
         if not REPLAY.check_and_add(packet[:user.cipher.salt_size]):

@@ -15,7 +15,8 @@ import gevent
 from gevent import socket
 
 from .addr import AddressError, encode_address, parse_address
-from .common import HANDSHAKE_TIMEOUT, Context
+from ..fairness import Budget
+from .common import Context, handshake_deadline
 
 log = logging.getLogger("ehco.proxy.socks")
 
@@ -133,13 +134,13 @@ def authenticate(ctx: Context, sock, buf: bytearray) -> bool:
 
 
 def handle_tcp(ctx: Context, sock, client: str) -> None:
-    sock.settimeout(HANDSHAKE_TIMEOUT)
     buf = bytearray()
     try:
-        if not authenticate(ctx, sock, buf):
-            log.debug("proxy %s: %s: socks authentication failed", ctx.name, client)
-            return
-        cmd, host, port, used = _read(sock, buf, parse_request)
+        with handshake_deadline():
+            if not authenticate(ctx, sock, buf):
+                log.debug("proxy %s: %s: socks authentication failed", ctx.name, client)
+                return
+            cmd, host, port, used = _read(sock, buf, parse_request)
     except SocksError as exc:
         log.debug("proxy %s: %s: bad socks handshake: %s", ctx.name, client, exc)
         if exc.reply is not None:
@@ -196,7 +197,9 @@ def _udp_associate(ctx: Context, sock, client: str) -> None:
             log.debug("proxy %s: %s: socks udp relay ended: %s", ctx.name, client, exc)
 
     def _pump_udp() -> None:
+        budget = Budget()
         while True:
+            budget.spend()
             data, src = relay.recvfrom(65535)
             if src[0] == client_ip and (state["client"] is None or src == state["client"]):
                 state["client"] = src

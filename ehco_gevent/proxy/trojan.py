@@ -22,7 +22,9 @@ from ..transports.streams import SocketStream
 from ..transports.tls import new_server_context, server_context
 from ..transports.raw import dial_tcp
 from .addr import AddressError, encode_address, parse_address
-from .common import HANDSHAKE_TIMEOUT, Context
+from .. import limits
+from ..fairness import Budget
+from .common import Context, handshake_deadline
 
 log = logging.getLogger("ehco.proxy.trojan")
 
@@ -124,20 +126,37 @@ def setup(ctx: Context) -> None:
 
 
 def handle_tcp(ctx: Context, sock, client: str) -> None:
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+    tls = None
     try:
-        tls = ctx.tls.wrap_socket(sock, server_side=True)  # type: ignore[attr-defined]
-    except (OSError, socket.timeout) as exc:
-        log.debug("proxy %s: %s: TLS handshake failed: %s", ctx.name, client, exc)
-        return
-    try:
-        _serve(ctx, tls, client)
+        with handshake_deadline():  # TLS, hash line and request together
+            try:
+                tls = ctx.tls.wrap_socket(sock, server_side=True)  # type: ignore[attr-defined]
+            except (OSError, socket.timeout) as exc:
+                log.debug("proxy %s: %s: TLS handshake failed: %s", ctx.name, client, exc)
+                return
+            buf = bytearray()
+            outcome = _read_request(ctx, tls, client, buf)
+        if outcome is None:
+            return
+        if isinstance(outcome, TrojanError):
+            log.debug("proxy %s: %s: not trojan (%s), to the fallback", ctx.name, client, outcome)
+            _fallback(ctx, tls, client, bytes(buf))
+            return
+        user, (cmd, host, port, end) = outcome
+        tls.settimeout(None)
+        rest = bytes(buf[end:])
+        if cmd == CMD_CONNECT:
+            ctx.relay(TLSStream(tls, rest), client, host, port, user)
+        else:
+            _udp(ctx, tls, client, user, rest)
     finally:
-        tls.close()
+        if tls is not None:
+            tls.close()
 
 
-def _serve(ctx: Context, tls, client: str) -> None:
-    buf = bytearray()
+def _read_request(ctx: Context, tls, client: str, buf: bytearray):
+    """``(user, request)``; a TrojanError when the bytes are not trojan from a known user (the
+    fallback gets them); None when the connection ended or the user sent a bad request."""
     user = None
     try:
         while True:
@@ -146,7 +165,7 @@ def _serve(ctx: Context, tls, client: str) -> None:
                 break
             data = tls.recv(65536)
             if not data:
-                return
+                return None
             buf += data
         user = ctx.store.trojan_user(ctx.inbound.tag, hashed)
         if user is None:
@@ -154,34 +173,25 @@ def _serve(ctx: Context, tls, client: str) -> None:
         while True:
             request = parse_request(buf)
             if request is not None:
-                break
+                return user, request
             data = tls.recv(65536)
             if not data:
-                return
+                return None
             buf += data
     except TrojanError as exc:
         if user is not None:
             log.debug("proxy %s: %s (user %s): bad request: %s", ctx.name, client, user.label, exc)
-            return
-        log.debug("proxy %s: %s: not trojan (%s), to the fallback", ctx.name, client, exc)
-        _fallback(ctx, tls, client, bytes(buf))
-        return
+            return None
+        return exc
     except (OSError, socket.timeout) as exc:
         log.debug("proxy %s: %s: handshake failed: %s", ctx.name, client, exc)
-        return
-    cmd, host, port, end = request
-    tls.settimeout(None)
-    rest = bytes(buf[end:])
-    if cmd == CMD_CONNECT:
-        ctx.relay(TLSStream(tls, rest), client, host, port, user)
-    else:
-        _udp(ctx, tls, client, user, rest)
+        return None
 
 
 def _fallback(ctx: Context, tls, client: str, seen: bytes) -> None:
     dest = ctx.inbound.fallback
     if not dest:
-        tls.settimeout(HANDSHAKE_TIMEOUT)
+        tls.settimeout(limits.current().proxy_handshake_timeout)
         try:
             tls.sendall(index_response(client))
         except OSError:
@@ -210,8 +220,10 @@ def _udp(ctx: Context, tls, client: str, user, rest: bytes) -> None:
     user.conns.add(current)
 
     def replies() -> None:
+        budget = Budget()
         try:
             while True:
+                budget.spend()
                 data, src = usock.recvfrom(65535)
                 tls.sendall(udp_frame(src[0], src[1], data))
                 conn.add_down(len(data))
@@ -222,8 +234,10 @@ def _udp(ctx: Context, tls, client: str, user, rest: bytes) -> None:
 
     worker = gevent.spawn(replies)
     buf = bytearray(rest)
+    budget = Budget()
     try:
         while True:
+            budget.spend()
             frame = parse_udp_frame(buf)
             if frame is None:
                 data = tls.recv(65536)

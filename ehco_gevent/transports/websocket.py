@@ -8,6 +8,7 @@ code in :mod:`ehco_gevent.transports.ws` only moves the bytes these functions pr
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 import struct
@@ -90,6 +91,17 @@ def parse_request(head: bytes) -> Request:
         raise HandshakeError(f"not an HTTP/1.x request line: {lines[0][:60]!r}", 0)
     method, path = parts[0].decode("latin-1"), parts[1].decode("latin-1")
     return Request(method, path, _parse_headers(lines[1:]))
+
+
+def valid_key(key: str) -> bool:
+    """RFC 6455 4.2.1: Sec-WebSocket-Key is the base64 of 16 bytes (24 characters); anything
+    else gets 400, as gobwas/ws (Go ehco's server) answers."""
+    if len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError):
+        return False
 
 
 def accept_key(key: str) -> str:

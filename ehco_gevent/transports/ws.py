@@ -18,6 +18,7 @@ from typing import Callable
 import gevent
 
 from . import websocket as wsproto
+from .. import limits
 from ..config import RelayConfig, remote_host_port
 from .smux import SessionPool, serve_session
 from .streams import SocketStream
@@ -27,6 +28,8 @@ from .raw import DIAL_TIMEOUT, dial_tcp, tune
 
 log = logging.getLogger("ehco.ws")
 
+#: the dial side's budget for the server's answer (the accepting side reads the
+#: ``ws_handshake_timeout`` config key, see ehco_gevent.limits; both default to ehco's 10 s)
 HANDSHAKE_TIMEOUT = 10.0
 PATHS = {"ws": "/ws/", "wss": "/wss/", "mwss": "/mwss/"}
 
@@ -60,20 +63,29 @@ def _wrap(sock, tls_stream, pending: bytes, frames: bool, client: bool):
 
 # -- server side -----------------------------------------------------------------------------------
 def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
-                   timeout: float = HANDSHAKE_TIMEOUT):
+                   timeout: float | None = None):
     """Serve one HTTP request on an accepted socket; the upgraded stream, or None when the
-    request was answered (health text, 400, 404) or was not HTTP."""
+    request was answered (health text, 400, 404) or was not HTTP.
+
+    ``timeout`` (default: the ``ws_handshake_timeout`` key) bounds the whole handshake, TLS
+    and request head together, not each read: a client trickling bytes is cut at the deadline.
+    """
+    if timeout is None:
+        timeout = limits.current().ws_handshake_timeout
     tls_stream = None
     io = sock
-    if tls:
-        with gevent.Timeout(timeout, TimeoutError("TLS handshake not complete in time")):
+    with gevent.Timeout(timeout, TimeoutError(f"upgrade handshake not complete within {timeout:g} s")):
+        if tls:
             tls_stream = TLSStream.handshake(sock, server_context(), server_side=True)
-        io = tls_stream
-    head, rest = read_head(io, timeout)
+            io = tls_stream
+        head, rest = read_head(io, timeout + 1)  # the outer deadline fires first
     request = wsproto.parse_request(head)
     if request.path == path and request.method == "GET":
         if not request.is_upgrade:
             _answer(io, wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
+            return None
+        if not wsproto.valid_key(request.header("sec-websocket-key")):
+            _answer(io, wsproto.build_response(400, "Bad Request: bad Sec-WebSocket-Key\n"))
             return None
         if not request.version_ok:
             _answer(io, wsproto.build_response(426, "Upgrade Required: WebSocket version 13 only\n",
