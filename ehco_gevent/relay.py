@@ -12,61 +12,25 @@ is there for the moments that must cut (process exit, a user removed at the pane
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket as _stdsocket
 import time
 
 import gevent
-from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from .addresses import bind_socket, format_addr
 from .balancer import RoundRobin
 from .config import RelayConfig
 from .connections import ConnectionRegistry
+from .listeners import Listener
 from .pump import pump
 from .transports import make_dialer, make_inbound
 from .udp import UDPRelay
 
 log = logging.getLogger("ehco.relay")
 
-_TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-class _Server(StreamServer):
-    """StreamServer whose accept errors (EMFILE and friends) are one log line, not a traceback."""
-
-    def __init__(self, listener, handle, label: str):
-        super().__init__(listener, handle, spawn=Pool())
-        self.label = label
-        self._pause = 0.0
-
-    def do_read(self):
-        try:
-            return super().do_read()
-        except OSError as exc:
-            if exc.errno in _TRANSIENT_ACCEPT:
-                return None
-            if exc.errno not in _OUT_OF_RESOURCES:
-                raise
-            # out of fds or memory: pause accepting instead of spinning; clients queue in the
-            # backlog meanwhile
-            self._pause = min(1.0, self._pause * 2) if self._pause else 0.01
-            log.warning("relay %s: accept failed (%s); pausing accepts for %.2f s", self.label,
-                        exc.strerror, self._pause)
-            self.stop_accepting()
-            gevent.spawn_later(self._pause, self._resume)
-            return None
-
-    def _resume(self):
-        if self.started and not self.closed:
-            self.start_accepting()
-            gevent.spawn_later(5, self._reset_pause)
-
-    def _reset_pause(self):
-        self._pause = 0.0
+#: the accept loop (kept under this name: the proxy inbounds use it too)
+_Server = Listener
 
 
 class Relay:

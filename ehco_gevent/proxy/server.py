@@ -18,7 +18,7 @@ from gevent.server import StreamServer
 
 from ..addresses import ListenError, bind_socket, format_addr
 from ..config import Config, ConfigError
-from ..relay import _Server
+from ..listeners import Listener
 from .common import Context, HandshakeTimeout, refused
 from .users import STORE, UserStore
 from .xray_config import Inbound, XrayConfig, parse_xray_config
@@ -86,7 +86,7 @@ class InboundServer:
                     sock.close()
             raise
         if tcp_sock is not None:
-            self.tcp = _Server(tcp_sock, self._handle, self.ctx.name)
+            self.tcp = Listener(tcp_sock, self._handle, self.ctx.name, kind="proxy")
             self.tcp.start()
         if udp_sock is not None:
             from .shadowsocks import ShadowsocksUDP

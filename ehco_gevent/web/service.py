@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 import gevent
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from ..addresses import bind_socket
 from ..config import Config
+from .server import WebServer
 from .traffic import SAMPLE_INTERVAL, PingLatency, TrafficHistory
 
 log = logging.getLogger("ehco.web")
@@ -32,7 +32,7 @@ class WebService:
     def __init__(self, app: Any):
         self.app = app
         self.flask = None
-        self.server: WSGIServer | None = None
+        self.server: WebServer | None = None
         self.bound: tuple[str, int] | None = None
         self.history = TrafficHistory()
         self.pings = PingLatency()
@@ -82,13 +82,11 @@ class WebService:
             from .views import create_flask_app
 
             self.flask = create_flask_app(self.app, self)
-        server = WSGIServer(sock, self.flask,
-                            log=LoggingLogAdapter(logging.getLogger("ehco.web.access"),
-                                                  logging.DEBUG),
-                            error_log=LoggingLogAdapter(log, logging.ERROR))
+        server = WebServer(sock, self.flask, cfg.limits.web_max_connections)
         server.start()
         self.server, self.bound = server, (cfg.web_host, cfg.web_port)
-        log.info("Start Web Server at http://%s", addr)
+        log.info("Start Web Server at http://%s (at most %d connections at once)", addr,
+                 server.max_connections)
 
     @property
     def port(self) -> int | None:
