@@ -13,10 +13,12 @@ is there for the moments that must cut (process exit, a user removed at the pane
 from __future__ import annotations
 
 import logging
+import os
 import socket as _stdsocket
 import time
 
 import gevent
+from gevent import socket as gsocket
 
 from .addresses import bind_socket, format_addr
 from .balancer import RoundRobin
@@ -33,6 +35,11 @@ log = logging.getLogger("ehco.relay")
 _Server = Listener
 
 
+def _dup(sock) -> gsocket.socket:
+    """A second socket object on the same kernel socket (a new fd; closing one keeps the other)."""
+    return gsocket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+
+
 class Relay:
     def __init__(self, cfg: RelayConfig, registry: ConnectionRegistry):
         self.cfg = cfg
@@ -46,23 +53,34 @@ class Relay:
         self.started_at = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Bind and serve; raises ListenError (nothing left bound) when an address is taken."""
+    def start(self, inherited: dict | None = None) -> None:
+        """Bind and serve; raises ListenError (nothing left bound) when an address is taken.
+
+        ``inherited`` holds listening sockets handed over by the relay this one replaces on
+        the same address (:meth:`take_listeners`): used instead of binding, so the address
+        never stops accepting during a reload. Sockets not used are closed.
+        """
         what = f"relay {self.label}"
+        inherited = dict(inherited or {})
         tcp_sock = udp_sock = None
         try:
             if self.cfg.tcp_remotes:
                 self.inbound = make_inbound(self.cfg)
                 self.dialer = make_dialer(self.cfg)
-                tcp_sock = bind_socket(self.cfg.listen, _stdsocket.SOCK_STREAM, what)
+                tcp_sock = (inherited.pop("tcp", None)
+                            or bind_socket(self.cfg.listen, _stdsocket.SOCK_STREAM, what))
             if self.cfg.udp_remotes:
-                udp_sock = bind_socket(self.cfg.listen, _stdsocket.SOCK_DGRAM, what + " (udp)")
+                udp_sock = (inherited.pop("udp", None)
+                            or bind_socket(self.cfg.listen, _stdsocket.SOCK_DGRAM, what + " (udp)"))
         except Exception:
             for sock in (tcp_sock, udp_sock):
                 if sock is not None:
                     sock.close()
             self._close_transports()
             raise
+        finally:
+            for sock in inherited.values():
+                sock.close()
         if tcp_sock is not None:
             self.tcp_server = _Server(tcp_sock, self._handle_tcp, self.label)
             self.tcp_server.start()
@@ -76,12 +94,26 @@ class Relay:
                      ", ".join(self.cfg.udp_remotes))
         self.started_at = time.time()
 
+    def take_listeners(self) -> dict:
+        """Duplicates of the listening sockets, for the relay replacing this one on the same
+        address; this relay's own :meth:`stop` then closes only its copies."""
+        out = {}
+        if self.tcp_server is not None and not self.tcp_server.closed:
+            out["tcp"] = _dup(self.tcp_server.socket)
+        if self.udp is not None and self.udp.sock.fileno() >= 0:
+            out["udp"] = _dup(self.udp.sock)
+        return out
+
     def stop(self) -> None:
-        """Close the listeners; open connections go on until they finish."""
+        """Close the listeners; open connections go on until they finish. Pooled smux
+        sessions of the dialer (mtcp, mwss) close as soon as their streams have finished."""
         if self.tcp_server is not None:
             self.tcp_server.close()
         if self.udp is not None:
             self.udp.stop_listening()
+        pool = getattr(self.dialer, "pool", None)
+        if pool is not None:
+            pool.drain()
         log.info("relay %s: stopped listening on %s", self.label, self.cfg.listen)
 
     def drop_connections(self) -> None:

@@ -58,9 +58,9 @@ class RelayServer:
             self.stop_all()
             raise
 
-    def _start(self, cfg: RelayConfig) -> None:
+    def _start(self, cfg: RelayConfig, inherited: dict | None = None) -> None:
         relay = Relay(cfg, self.registry)
-        relay.start()
+        relay.start(inherited)
         self.relays[cfg.label] = relay
 
     def apply(self, cfgs: Iterable[RelayConfig]) -> tuple[Plan, list[str]]:
@@ -69,9 +69,26 @@ class RelayServer:
         new = {cfg.label: cfg for cfg in cfgs}
         steps = plan(self.configs(), new)
         errors = []
-        for label in steps.stop + steps.restart:
-            self.relays.pop(label).stop()
+        leaving = {label: self.relays.pop(label) for label in steps.stop + steps.restart}
+        # a relay started on an address a leaving relay listens on takes over its listening
+        # sockets before the old one closes them: the address never refuses a connection
+        by_listen = {relay.cfg.listen: relay for relay in leaving.values()}
+        later = []
         for label in steps.restart + steps.start:
+            old = by_listen.pop(new[label].listen, None)
+            if old is None:
+                later.append(label)
+                continue
+            try:
+                self._start(new[label], old.take_listeners())
+            except Exception as exc:
+                log.error("%s", exc)
+                errors.append(str(exc))
+            finally:
+                leaving.pop(old.label).stop()
+        for relay in leaving.values():
+            relay.stop()
+        for label in later:
             try:
                 self._start(new[label])
             except Exception as exc:

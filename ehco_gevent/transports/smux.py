@@ -390,6 +390,8 @@ class SessionPool:
         self.max_age = max_age
         self.sessions: dict[str, list[Session]] = {}
         self._gc = gevent.spawn(self._gc_loop, gc_interval)
+        self._drainer: gevent.Greenlet | None = None
+        self.draining = False
 
     def _usable(self, session: Session) -> bool:
         return (not session.closed and session.num_streams < self.max_streams
@@ -406,7 +408,10 @@ class SessionPool:
         session = Session(self.dial(remote), client=True)
         sessions.append(session)
         log.debug("smux pool: new session to %s (%d now)", remote, len(sessions))
-        return session.open_stream()
+        stream = session.open_stream()
+        if self.draining:
+            self._start_drainer()
+        return stream
 
     def collect(self) -> None:
         for remote, sessions in list(self.sessions.items()):
@@ -422,8 +427,36 @@ class SessionPool:
             gevent.sleep(interval)
             self.collect()
 
+    def drain(self, poll: float = 0.5) -> None:
+        """The relay owning this pool stopped: close each session as soon as its open
+        streams have finished (at once when it has none), then end. Without this a stopped
+        relay's sessions would stay open until the peer's idle timeout (a reload leak)."""
+        self.draining = True
+        self._gc.kill(block=False)
+        self._poll = poll
+        self._start_drainer()
+
+    def _start_drainer(self) -> None:
+        if self._drainer is None or self._drainer.dead:
+            self._drainer = gevent.spawn(self._drain_loop)
+
+    def _drain_loop(self) -> None:
+        while True:
+            for remote, sessions in list(self.sessions.items()):
+                for session in list(sessions):
+                    if session.closed or session.num_streams == 0:
+                        session.close()
+                        sessions.remove(session)
+                if not sessions:
+                    del self.sessions[remote]
+            if not self.sessions:
+                return
+            gevent.sleep(self._poll)
+
     def close(self) -> None:
         self._gc.kill(block=False)
+        if self._drainer is not None:
+            self._drainer.kill(block=False)
         for sessions in self.sessions.values():
             for session in sessions:
                 session.close()
