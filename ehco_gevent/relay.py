@@ -20,6 +20,7 @@ import time
 import gevent
 from gevent import socket as gsocket
 
+from . import limits
 from .addresses import bind_socket, format_addr
 from .balancer import RoundRobin
 from .config import RelayConfig
@@ -90,8 +91,9 @@ class Relay:
         if udp_sock is not None:
             self.udp = UDPRelay(self.cfg, udp_sock, self.registry)
             self.udp.start()
-            log.info("relay %s: udp listening on %s -> %s", self.label, self.cfg.listen,
-                     ", ".join(self.cfg.udp_remotes))
+            log.info("relay %s: udp listening on %s -> %s (receive buffer %d bytes in force, "
+                     "%d asked)", self.label, self.cfg.listen, ", ".join(self.cfg.udp_remotes),
+                     self.udp.receive_buffer, limits.current().udp_receive_buffer)
         self.started_at = time.time()
 
     def take_listeners(self) -> dict:

@@ -15,16 +15,39 @@ import time
 import gevent
 from gevent import socket
 
+from . import limits
 from .addresses import format_addr
 from .balancer import RoundRobin
 from .config import RelayConfig, split_host_port
 from .connections import Connection, ConnectionRegistry
+from .fairness import Budget
 
 log = logging.getLogger("ehco.udp")
 
 #: ehco's IdleTimeOut
 IDLE_TIMEOUT = 10.0
 MAX_DATAGRAM = 65535
+#: seconds a remote's resolved address is reused for new sessions (a burst of new clients must
+#: not queue behind one resolver call each)
+RESOLVE_TTL = 30.0
+_SO_RCVBUFFORCE = getattr(_stdsocket, "SO_RCVBUFFORCE", 33)
+
+
+def set_receive_buffer(sock, want: int) -> int:
+    """Ask for a ``want``-byte receive buffer and return the size in force (as the kernel
+    reports it: Linux doubles the value asked for, for its bookkeeping).
+
+    The default (~200 KiB) overflows under bursts of large datagrams. Plain SO_RCVBUF is capped
+    at net.core.rmem_max; SO_RCVBUFFORCE (root or CAP_NET_ADMIN) is not, so it is tried first.
+    """
+    try:
+        sock.setsockopt(_stdsocket.SOL_SOCKET, _SO_RCVBUFFORCE, want)
+    except OSError:
+        try:
+            sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, want)
+        except OSError as exc:
+            log.debug("udp receive buffer of %d bytes refused: %s", want, exc)
+    return sock.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF)
 
 
 class _Session:
@@ -46,8 +69,10 @@ class _Session:
         self.conn.add_up(len(data))
 
     def _replies(self) -> None:
+        budget = Budget()
         try:
             while True:
+                budget.spend()
                 remaining = self.last_active + self.relay.idle_timeout - time.monotonic()
                 if remaining <= 0:
                     return
@@ -81,13 +106,18 @@ class UDPRelay:
         self.idle_timeout = idle_timeout
         self.lb = RoundRobin(cfg.udp_remotes)
         self.sessions: dict = {}
+        self._resolved: dict[str, tuple[float, tuple]] = {}
         self._loop: gevent.Greenlet | None = None
+        self.receive_buffer = 0
 
     def start(self) -> None:
+        self.receive_buffer = set_receive_buffer(self.sock, limits.current().udp_receive_buffer)
         self._loop = gevent.spawn(self._serve)
 
     def _serve(self) -> None:
+        budget = Budget()
         while True:
+            budget.spend()
             try:
                 data, client = self.sock.recvfrom(MAX_DATAGRAM)
             except OSError as exc:
@@ -102,11 +132,20 @@ class UDPRelay:
                     continue
             session.send_up(data)
 
+    def _resolve(self, remote: str) -> tuple:
+        now = time.monotonic()
+        cached = self._resolved.get(remote)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        host, port = split_host_port(remote)
+        info = socket.getaddrinfo(host, port, 0, _stdsocket.SOCK_DGRAM)[0]
+        self._resolved[remote] = (now + RESOLVE_TTL, info)
+        return info
+
     def _open_session(self, client) -> _Session | None:
         remote = self.lb.next()
-        host, port = split_host_port(remote)
         try:
-            family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0, _stdsocket.SOCK_DGRAM)[0]
+            family, kind, proto, _, addr = self._resolve(remote)
             upstream = socket.socket(family, kind, proto)
             upstream.connect(addr)
         except OSError as exc:
