@@ -147,6 +147,8 @@ class UDPRelay:
         try:
             family, kind, proto, _, addr = self._resolve(remote)
             upstream = socket.socket(family, kind, proto)
+            # the replies of a burst queue here as the requests did on the listener
+            set_receive_buffer(upstream, limits.current().udp_receive_buffer)
             upstream.connect(addr)
         except OSError as exc:
             log.warning("relay %s: udp remote %s for %s unusable: %s", self.label, remote,
