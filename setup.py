@@ -30,6 +30,8 @@ setup(
             "pytest-timeout>=2.2,<3",
             "hypothesis>=6.100,<7",
             "playwright>=1.40,<2",
+            # coverage-guided fuzzing of the parsers (tests/fuzz); binary wheels for Linux x86_64
+            "atheris>=2.3,<4; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
     },
     entry_points={"console_scripts": ["ehco=ehco_gevent.cli:main"]},
