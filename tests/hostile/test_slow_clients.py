@@ -124,3 +124,48 @@ def test_slow_socks_and_http_proxy_clients_are_closed_at_the_handshake_deadline(
     assert sum(" DEBUG " in line for line in lines) == 2 * n  # one debug line per client
     info = [line for line in lines if " INFO " in line]  # rate-limited: one per inbound
     assert 2 <= len(info) <= 2 * (1 + DEADLINE * 4 // 10)
+
+
+def test_slow_trojan_and_shadowsocks_clients_and_a_junk_flood(ehco, tmp_path):
+    """Trojan clients trickling a TLS ClientHello and shadowsocks clients trickling a salt are
+    closed at the handshake deadline; a client flooding junk that no key opens is closed at
+    once (not after the 15 s drain) and the flood is logged."""
+    n = size(20, 100)
+    ss_port, trojan_port = free_port(), free_port()
+    cfg = {"log_level": "debug", "enable_ping": False, "proxy_handshake_timeout": DEADLINE,
+           "xray_config": {"inbounds": [
+               {"listen": LOOPBACK, "port": ss_port, "protocol": "shadowsocks", "tag": "ss_proxy",
+                "settings": {"clients": [{"method": "aes-128-gcm", "password": "pw"}]}},
+               {"listen": LOOPBACK, "port": trojan_port, "protocol": "trojan", "tag": "trojan_proxy",
+                "settings": {"clients": [{"password": "pw"}]}}],
+               "outbounds": [{"protocol": "freedom"}]}}
+    proc = ehco("-c", write_config(tmp_path, cfg))
+    wait_port(ss_port)
+    wait_port(trojan_port)
+    client_hello_start = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)
+    slow_trojan = SlowClients(trojan_port, n, client_hello_start, interval=DRIP)
+    slow_ss = SlowClients(ss_port, n, bytes(range(40)), interval=DRIP)
+    try:
+        import threading
+
+        t = threading.Thread(target=slow_trojan.run, args=(DEADLINE * 4 + 30,))
+        t.start()
+        slow_ss.run(give_up_after=DEADLINE * 4 + 30)
+        t.join()
+        junk = bytes(range(256)) * 256
+        flood = socket.create_connection((LOOPBACK, ss_port), timeout=10)
+        try:
+            for _ in range(64):  # 4 MiB, more than the 1 MiB a drain accepts
+                flood.sendall(junk)
+        except OSError:
+            pass  # closed by the server while we were still sending: what we want
+        from tests.proxy.helpers import assert_closed_by_server
+
+        assert_closed_by_server(flood, timeout=10)
+    finally:
+        slow_trojan.close()
+        slow_ss.close()
+    assert (slow_trojan.closed_by_server, slow_ss.closed_by_server) == (n, n)
+    phrase = f"handshake not complete within {DEADLINE:g} s, connection closed"
+    assert sum(" DEBUG " in line and phrase in line for line in proc.log.splitlines()) == 2 * n
+    proc.wait_log("junk flood (over 1048576 bytes no key opens), connection closed")
