@@ -24,6 +24,21 @@ def test_accept_key_is_the_rfc_6455_example():
     assert ws.accept_key(RFC_KEY) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
+@pytest.mark.parametrize("key, ok", [
+    (RFC_KEY, True),
+    (ws.new_key(), True),
+    ("", False),
+    ("not-a-key", False),
+    ("dGhlIHNhbXBsZSBub25jZQ", False),  # padding missing
+    ("dGhlIHNhbXBsZSBub25jZQ==x", False),  # too long
+    ("dGhlIHNhbXBsZSBub25jZ!==", False),  # not base64
+    ("AAAAAAAAAAAAAAAAAAAAAAAA", False),  # 24 characters, but 18 bytes
+    ("dGhlIHNhbXBsZSBub25jZQ=é", False),  # not ASCII
+])
+def test_valid_key_is_base64_of_16_bytes(key, ok):
+    assert ws.valid_key(key) is ok
+
+
 def test_valid_upgrade_request_parses():
     head, rest = ws.split_head(UPGRADE)
     req = ws.parse_request(head)

@@ -268,6 +268,17 @@ def test_plain_get_on_the_upgrade_path_is_400(chains, kind):
 
 
 @pytest.mark.parametrize("kind", ["ws", "wss", "mwss"])
+def test_invalid_websocket_key_is_400(chains, kind):
+    """As gobwas/ws (Go ehco's server): a key that is not base64 of 16 bytes gets no 101."""
+    _, b = tunnel(chains, kind)
+    with connect(b, kind != "ws") as sock:
+        sock.sendall(wsproto.build_request("x", f"/{kind}/", "not-a-key"))
+        answer = read_to_eof(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Sec-WebSocket-Key" in answer
+    still_serves(chains, kind)
+
+
+@pytest.mark.parametrize("kind", ["ws", "wss", "mwss"])
 def test_wrong_websocket_version_is_426(chains, kind):
     _, b = tunnel(chains, kind)
     request = wsproto.build_request("x", f"/{kind}/", wsproto.new_key())
