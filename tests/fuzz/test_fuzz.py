@@ -75,7 +75,7 @@ def test_coverage_guided_short_run(tmp_path):
     is in the output and in a crash-* file)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "tests.fuzz.run_atheris", "all",
-                           "-max_total_time=3", "-rss_limit_mb=1024"],
+                           "-max_total_time=2", "-rss_limit_mb=1024"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "Done" in proc.stderr

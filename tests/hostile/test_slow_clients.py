@@ -49,28 +49,28 @@ def test_slow_web_clients_are_closed_at_the_head_deadline(ehco, tmp_path):
 
 
 def test_web_connection_cap_leaves_the_relays_their_fds(tmp_path):
-    """Under a 256-fd limit, 300 slow web clients wait in the accept queue (web_max_connections
-    40) instead of taking every fd: a raw relay of the same process keeps answering, and the
+    """Under a 128-fd limit, 160 slow web clients wait in the accept queue (web_max_connections
+    30) instead of taking every fd: a raw relay of the same process keeps answering, and the
     web server's accept path prints no traceback."""
     echo = EchoServer()
     web, relay = free_port(), free_port()
     cfg = {"log_level": "info", "enable_ping": False, "web_host": LOOPBACK, "web_port": web,
-           "web_header_timeout": 1, "web_max_connections": 40,
+           "web_header_timeout": 1, "web_max_connections": 30,
            "relay_configs": [{"listen": f"{LOOPBACK}:{relay}", "label": "raw",
                               "tcp_remotes": [f"{LOOPBACK}:{echo.port}"]}]}
-    proc = EhcoProcess(["-c", str(write_config(tmp_path, cfg))], tmp_path, nofile=256)
+    proc = EhcoProcess(["-c", str(write_config(tmp_path, cfg))], tmp_path, nofile=128)
     slow = None
     try:
         proc.wait_log("Start Web Server at")
         wait_port(relay)
-        slow = SlowClients(web, 300, HTTP_HEAD, interval=0.5)
+        slow = SlowClients(web, 160, HTTP_HEAD, interval=0.5)
         with Prober(lambda: _echo_1k(relay)) as normal:
             closed = slow.run(give_up_after=60)
-        assert closed == 300
+        assert closed == 160
         assert normal.failures == [] and normal.ok > 0
         get_metrics(web)  # and the web server itself is back
         assert "Traceback" not in proc.log
-        assert "at most 40 connections at once" in proc.log
+        assert "at most 30 connections at once" in proc.log
     finally:
         if slow is not None:
             slow.close()
