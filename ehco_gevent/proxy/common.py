@@ -144,6 +144,19 @@ def drain(sock: socket.socket, seconds: float | None = None) -> bool:
         return True
 
 
+def read_parsed(sock, buf: bytearray, parser, size: int = 65536):
+    """Read into ``buf`` until ``parser(bytes(buf))`` returns something (under the caller's
+    deadline) and return that; None on EOF first. ``parser`` returns None while incomplete."""
+    while True:
+        result = parser(bytes(buf))
+        if result is not None:
+            return result
+        data = sock.recv(size)
+        if not data:
+            return None
+        buf += data
+
+
 def recv_at_least(sock: socket.socket, buf: bytearray, n: int) -> bool:
     """Grow ``buf`` to at least n bytes; False on EOF first."""
     while len(buf) < n:

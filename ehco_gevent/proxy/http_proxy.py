@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from ..transports.streams import SocketStream
 from ..transports.raw import dial_tcp
-from .common import Context, handshake_deadline
+from .common import Context, handshake_deadline, read_parsed
 
 log = logging.getLogger("ehco.proxy.http")
 
@@ -109,23 +109,11 @@ REASONS = {400: "Bad Request", 407: "Proxy Authentication Required", 431: "Reque
            502: "Bad Gateway"}
 
 
-def read_head(sock, buf: bytearray):
-    """Read until ``parse_head`` has a whole head (under the caller's deadline); None on EOF."""
-    while True:
-        head = parse_head(bytes(buf))
-        if head is not None:
-            return head
-        data = sock.recv(65536)
-        if not data:
-            return None
-        buf += data
-
-
 def handle_tcp(ctx: Context, sock, client: str) -> None:
     buf = bytearray()
     try:
         with handshake_deadline():
-            head = read_head(sock, buf)
+            head = read_parsed(sock, buf, parse_head)
         if head is None:
             return
         method, target, version, headers, used = head

@@ -16,7 +16,7 @@ from gevent import socket
 
 from .addr import AddressError, encode_address, parse_address
 from ..fairness import Budget
-from .common import Context, handshake_deadline
+from .common import Context, handshake_deadline, read_parsed
 
 log = logging.getLogger("ehco.proxy.socks")
 
@@ -101,14 +101,10 @@ def udp_datagram(host: str, port: int, payload: bytes) -> bytes:
 
 
 def _read(sock, buf: bytearray, parser):
-    while True:
-        result = parser(bytes(buf))
-        if result is not None:
-            return result
-        data = sock.recv(4096)
-        if not data:
-            raise SocksError("EOF during the handshake")
-        buf += data
+    result = read_parsed(sock, buf, parser, 4096)
+    if result is None:
+        raise SocksError("EOF during the handshake")
+    return result
 
 
 def authenticate(ctx: Context, sock, buf: bytearray) -> bool:
