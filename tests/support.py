@@ -67,6 +67,38 @@ def wait_port(port: int, host: str = LOOPBACK, timeout: float = 15.0) -> None:
             time.sleep(0.05)
 
 
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """All the peer sends until it closes the connection (EOF or reset, TLS included).
+
+    A peer still silent after ``timeout`` fails the test: holding a connection open is not
+    closing it, so a socket timeout is never taken for a close."""
+    import ssl
+
+    sock.settimeout(timeout)
+    out = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except TimeoutError:
+        pytest.fail(f"still open after {timeout} s (got {len(out)} bytes): expected a close")
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return bytes(out)
+
+
+def wait_for(fetch, check=bool, what: str = "condition", timeout: float = 15.0):
+    """Poll ``fetch()`` until ``check(value)``; fail with the last value (not a timing check:
+    the timeout only bounds how long a test waits for an event that should come)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if check(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: last value {value!r}")
+        time.sleep(0.1)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -12,20 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from ..support import LOOPBACK, EhcoProcess, free_port, roundtrip, sha, write_config
+from ..support import LOOPBACK, EhcoProcess, free_port, roundtrip, sha, wait_for, write_config
 from .conftest import SUB_NAME
-
-
-def wait_for(fetch, check, what: str, timeout: float = 15.0):
-    """Poll ``fetch()`` until ``check(value)``; fail with the last value (not a timing check)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: last value {value!r}")
-        time.sleep(0.1)
 
 
 class Links(HTMLParser):
