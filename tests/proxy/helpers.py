@@ -123,6 +123,25 @@ def start_ss_local(tmp_path, server_port: int, password: str, method: str, udp: 
     return prog, local
 
 
+def start_trojan_client(tmp_path, server_port: int, password: str,
+                        alpn: list[str] | None = None) -> tuple[Program, int]:
+    """The Debian `trojan` program as a client of ``server_port``; returns it and its local
+    SOCKS5 port."""
+    exe = require_program("trojan", "trojan")
+    local = free_port()
+    ssl_cfg = {"verify": False, "verify_hostname": False, "sni": "ehco"}
+    if alpn:
+        ssl_cfg["alpn"] = alpn
+    cfg = {"run_type": "client", "local_addr": LOOPBACK, "local_port": local,
+           "remote_addr": LOOPBACK, "remote_port": server_port, "password": [password],
+           "log_level": 1, "ssl": ssl_cfg}
+    path = tmp_path / f"trojan-client-{local}.json"
+    path.write_text(json.dumps(cfg))
+    prog = Program([exe, "-c", str(path)], tmp_path / f"trojan-client-{local}.log")
+    wait_port(local)
+    return prog, local
+
+
 class Panel:
     """ehco's panel: GET returns the users, POST records the traffic reports."""
 

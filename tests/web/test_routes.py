@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
