@@ -8,7 +8,8 @@ import pytest
 
 from ehco_gevent.transports.smux import FIN, MAX_STREAMS, PSH, SYN, FrameDecoder, encode_frame
 
-from ..support import EchoServer, free_port, parallel_roundtrips, read_until_closed, roundtrip, sha, wait_port
+from ..support import (EchoServer, QuittingEchoServer, check_server_closes_first, free_port, parallel_roundtrips,
+                       read_until_closed, roundtrip, sha, wait_port)
 
 
 @pytest.fixture
@@ -41,6 +42,21 @@ def test_server_first_greeting(ehco):
         ehco("-l", f"127.0.0.1:{a}", "-tt", "mtcp", "-r", f"127.0.0.1:{b}")
         wait_port(a)
         assert roundtrip(a, b"after greeting", greeting=server.greeting) == b"after greeting"
+    finally:
+        server.close()
+
+
+def test_server_closes_first_and_still_hears_the_client(ehco):
+    """The final server says goodbye and shuts down first: the client gets goodbye and EOF over
+    the smux stream, and what it sends after that still reaches the server."""
+    server = QuittingEchoServer(greeting=b"220 ready\r\n")
+    try:
+        a, b = free_port(), free_port()
+        ehco("-l", f"127.0.0.1:{b}", "-lt", "mtcp", "-r", f"127.0.0.1:{server.port}")
+        wait_port(b)
+        ehco("-l", f"127.0.0.1:{a}", "-tt", "mtcp", "-r", f"127.0.0.1:{b}")
+        wait_port(a)
+        check_server_closes_first(a, server, server.greeting)
     finally:
         server.close()
 
