@@ -92,6 +92,15 @@ class SlowClients:
         self.selector.close()
 
 
+def run_together(groups: list[SlowClients], give_up_after: float) -> None:
+    """Drip several groups of slow clients at once (one thread each)."""
+    threads = [threading.Thread(target=g.run, args=(give_up_after,)) for g in groups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 class Prober(threading.Thread):
     """Runs ``probe()`` every ``interval`` seconds in a thread until stopped; counts successes
     and keeps the failures (a normal client that must keep working during an attack)."""

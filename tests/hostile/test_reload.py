@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from tests.support import EchoServer, LOOPBACK, free_port, roundtrip, wait_port, write_config
+from tests.support import EchoServer, LOOPBACK, free_port, roundtrip, wait_for, wait_port, write_config
 from tests.hostile.slow import Prober, size
 
 
@@ -89,12 +89,8 @@ def test_mwss_restarts_leave_no_fd_or_greenlet_behind(ehco, tmp_path):
             relay["tcp_remotes"] = [f"wss://{LOOPBACK}:{b2 if i % 2 else b1}"]
             reload_and_wait(proc_a, a_dir, node_a, i)
             probe_1k(a_port)
-        deadline = time.monotonic() + 10
-        while True:
-            now = {"a": (fds(proc_a), greenlets(a_web)), "b": (fds(proc_b), greenlets(b_web))}
-            if all(now[k][0] <= start[k][0] and now[k][1] <= start[k][1] for k in now):
-                break
-            assert time.monotonic() < deadline, f"start {start}, 10 s after the last reload {now}"
-            time.sleep(0.5)
+        wait_for(lambda: {"a": (fds(proc_a), greenlets(a_web)), "b": (fds(proc_b), greenlets(b_web))},
+                 lambda now: all(now[k][0] <= start[k][0] and now[k][1] <= start[k][1] for k in now),
+                 f"(fds, greenlets) of both nodes back to their start {start}", timeout=10)
     finally:
         echo.close()

@@ -12,9 +12,9 @@ import socket
 
 import requests
 
-from tests.proxy.helpers import exchange, socks5_connect
+from tests.proxy.helpers import assert_closed_by_server, exchange, socks5_connect
 from tests.support import EchoServer, EhcoProcess, LOOPBACK, free_port, roundtrip, wait_port, write_config
-from tests.hostile.slow import LONG, Prober, SlowClients, size
+from tests.hostile.slow import LONG, Prober, SlowClients, run_together, size
 
 DRIP = 2.0 if LONG else 1.0
 DEADLINE = 10 if LONG else 3  # LONG: the documented defaults' order of size
@@ -107,12 +107,7 @@ def test_slow_socks_and_http_proxy_clients_are_closed_at_the_handshake_deadline(
 
     try:
         with Prober(normal_client) as normal:
-            import threading
-
-            t = threading.Thread(target=slow_http.run, args=(DEADLINE * 4 + 30,))
-            t.start()
-            slow_socks.run(give_up_after=DEADLINE * 4 + 30)
-            t.join()
+            run_together([slow_socks, slow_http], give_up_after=DEADLINE * 4 + 30)
     finally:
         slow_socks.close()
         slow_http.close()
@@ -146,12 +141,7 @@ def test_slow_trojan_and_shadowsocks_clients_and_a_junk_flood(ehco, tmp_path):
     slow_trojan = SlowClients(trojan_port, n, client_hello_start, interval=DRIP)
     slow_ss = SlowClients(ss_port, n, bytes(range(40)), interval=DRIP)
     try:
-        import threading
-
-        t = threading.Thread(target=slow_trojan.run, args=(DEADLINE * 4 + 30,))
-        t.start()
-        slow_ss.run(give_up_after=DEADLINE * 4 + 30)
-        t.join()
+        run_together([slow_trojan, slow_ss], give_up_after=DEADLINE * 4 + 30)
         junk = bytes(range(256)) * 256
         flood = socket.create_connection((LOOPBACK, ss_port), timeout=10)
         try:
@@ -159,8 +149,6 @@ def test_slow_trojan_and_shadowsocks_clients_and_a_junk_flood(ehco, tmp_path):
                 flood.sendall(junk)
         except OSError:
             pass  # closed by the server while we were still sending: what we want
-        from tests.proxy.helpers import assert_closed_by_server
-
         assert_closed_by_server(flood, timeout=10)
     finally:
         slow_trojan.close()

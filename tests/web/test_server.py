@@ -9,6 +9,7 @@ from gevent import socket
 
 from ehco_gevent import limits
 from ehco_gevent.web.server import WebServer
+from tests.support import read_until_closed
 
 
 def app(environ, start_response):
@@ -30,14 +31,6 @@ def server():
     limits.set_current(before)
 
 
-def read_all(sock) -> bytes:
-    sock.settimeout(5)  # far beyond the deadlines: EOF must come from the server
-    out = b""
-    while chunk := sock.recv(65536):
-        out += chunk
-    return out
-
-
 def test_slow_head_is_closed_whatever_the_pace(server):
     sock = socket.create_connection(("127.0.0.1", server.server_port))
     with gevent.Timeout(5):
@@ -47,7 +40,7 @@ def test_slow_head_is_closed_whatever_the_pace(server):
             except OSError:
                 break
             gevent.sleep(0.1)
-        assert read_all(sock) == b""
+        assert read_until_closed(sock) == b""
     sock.close()
 
 
@@ -59,7 +52,7 @@ def test_keep_alive_connection_is_served_then_closed_when_idle(server):
         while not answer.endswith(b"\r\n\r\nok"):
             answer += sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 ")
-    assert read_all(sock) == b""
+    assert read_until_closed(sock) == b""
     sock.close()
 
 
@@ -69,6 +62,6 @@ def test_connection_cap_holds_the_rest_in_the_backlog(server):
     assert server.pool.full()
     waiting = socket.create_connection(("127.0.0.1", server.server_port))  # queued, not lost
     waiting.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert read_all(waiting).endswith(b"ok")  # served once the deadline freed a slot
+    assert read_until_closed(waiting).endswith(b"ok")  # served once the deadline freed a slot
     for sock in held + [waiting]:
         sock.close()
