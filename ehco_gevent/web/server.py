@@ -4,6 +4,8 @@ gevent's pywsgi reads a request head with no deadline at all, and keeps a keep-a
 connection open for as long as the client likes: a thousand clients trickling one byte every
 few seconds would each hold a socket forever. Here:
 
+- a request head is at most :data:`MAX_HEAD` bytes (pywsgi alone accepts 100 header lines of
+  64 KiB each, 6 MiB per connection), else 431 and close;
 - a request's whole head (request line and headers) must arrive within ``web_header_timeout``
   of the connection's start, and a keep-alive connection's next head within ``web_idle_timeout``
   of the previous answer, or the connection is closed (one log line per interval says so);
@@ -29,6 +31,10 @@ from ..logs import RateLimitedLogger
 
 log = logging.getLogger("ehco.web")
 _SLOW_LOG = RateLimitedLogger(log)
+#: bytes of one request head (request line and headers); as the HTTP proxy inbound's
+MAX_HEAD = 64 * 1024
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+              b"Connection: close\r\n\r\n")
 
 
 class HeadTimeout(BaseException):
@@ -36,10 +42,38 @@ class HeadTimeout(BaseException):
     ``except Exception`` around header parsing does not turn it into a 400)."""
 
 
+class HeadTooLarge(BaseException):
+    """More than MAX_HEAD bytes of request head (a BaseException for the same reason)."""
+
+
+class _HeadReader:
+    """The connection's read side, counting the bytes read by line while a head is read
+    (``budget`` set); bodies and everything else pass straight through."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.budget: int | None = None
+
+    def readline(self, size=-1):
+        line = self._raw.readline(size)
+        if self.budget is not None:
+            self.budget -= len(line)
+            if self.budget < 0:
+                raise HeadTooLarge(f"request head over {MAX_HEAD} bytes")
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
 class DeadlineHandler(WSGIHandler):
-    """pywsgi's handler with one deadline per request head (not per read)."""
+    """pywsgi's handler with one deadline per request head (not per read) and a size cap."""
 
     _served = 0
+
+    def __init__(self, sock, address, server, rfile=None):
+        super().__init__(sock, address, server, rfile)
+        self.rfile = _HeadReader(self.rfile)
 
     def handle_one_request(self):
         lim = limits.current()
@@ -50,8 +84,13 @@ class DeadlineHandler(WSGIHandler):
         deadline = gevent.Timeout(seconds, HeadTimeout(text))
         self._head_deadline = deadline
         deadline.start()
+        self.rfile.budget = MAX_HEAD
         try:
             return super().handle_one_request()
+        except HeadTooLarge as exc:  # raised in the request line or headers: answer, close
+            log.debug("web: %s: %s, connection closed", format_addr(self.client_address), exc)
+            self.close_connection = True
+            return ("431", _TOO_LARGE)
         except HeadTimeout as exc:
             client = format_addr(self.client_address)
             log.debug("web: %s: %s, connection closed", client, exc)
@@ -68,6 +107,7 @@ class DeadlineHandler(WSGIHandler):
         finally:
             # the head is in: the application's work and the answer are not bounded here
             self._head_deadline.cancel()
+            self.rfile.budget = None
 
 
 class WebServer(QuietAccept, WSGIServer):

@@ -65,3 +65,14 @@ def test_connection_cap_holds_the_rest_in_the_backlog(server):
     assert read_until_closed(waiting).endswith(b"ok")  # served once the deadline freed a slot
     for sock in held + [waiting]:
         sock.close()
+
+
+def test_request_head_over_the_cap_is_refused(server):
+    """Three 30 KB headers: each line within pywsgi's own 64 KiB line limit, the head over
+    MAX_HEAD: 431, not 200."""
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 30_000) for i in range(3))
+    sock = socket.create_connection(("127.0.0.1", server.server_port))
+    sock.sendall(head + b"\r\n")
+    answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+    sock.close()
