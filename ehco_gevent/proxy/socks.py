@@ -214,9 +214,11 @@ def _udp_associate(ctx: Context, sock, client: str) -> None:
 
     worker = gevent.spawn(pump_udp)
     try:
-        # the association ends when the client closes the TCP connection
+        # the association ends when the client closes the TCP connection; bytes it sends
+        # meanwhile mean nothing, and must not keep the hub to themselves
+        budget = Budget()
         while sock.recv(4096):
-            pass
+            budget.spend()
     except OSError:
         pass
     finally:
