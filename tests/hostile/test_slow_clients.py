@@ -12,6 +12,7 @@ import socket
 
 import requests
 
+from ehco_gevent.transports import websocket as wsproto
 from tests.proxy.helpers import assert_closed_by_server, exchange, socks5_connect
 from tests.support import EchoServer, EhcoProcess, LOOPBACK, free_port, roundtrip, wait_port, write_config
 from tests.hostile.slow import LONG, Prober, SlowClients, run_together, size
@@ -157,3 +158,39 @@ def test_slow_trojan_and_shadowsocks_clients_and_a_junk_flood(ehco, tmp_path):
     phrase = f"handshake not complete within {DEADLINE:g} s, connection closed"
     assert sum(" DEBUG " in line and phrase in line for line in proc.log.splitlines()) == 2 * n
     proc.wait_log("junk flood (over 1048576 bytes no key opens), connection closed")
+
+
+def test_slow_ws_upgrades_are_closed_at_the_handshake_deadline(ehco, tmp_path):
+    """ws_handshake_timeout bounds the whole upgrade: clients trickling their request are
+    closed, while a tunnel through the same listener keeps working."""
+    n = size(20, 100)
+    echo = EchoServer()
+    port = free_port()
+    cfg = {"log_level": "debug", "enable_ping": False, "ws_handshake_timeout": DEADLINE,
+           "relay_configs": [{"listen": f"{LOOPBACK}:{port}", "label": "wsin", "listen_type": "ws",
+                              "tcp_remotes": [f"{LOOPBACK}:{echo.port}"]}]}
+    proc = ehco("-c", write_config(tmp_path, cfg))
+    wait_port(port)
+    request = b"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    slow = SlowClients(port, n, request, interval=DRIP)
+
+    def normal_client() -> None:
+        key = wsproto.new_key()
+        with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+            sock.sendall(wsproto.build_request("x", "/ws/", key) + b"ping")
+            answer = b""
+            while not answer.endswith(b"ping"):
+                chunk = sock.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            wsproto.check_response(answer.split(b"\r\n\r\n")[0] + b"\r\n\r\n", key)
+
+    try:
+        with Prober(normal_client) as normal:
+            closed = slow.run(give_up_after=DEADLINE * 4 + 30)
+    finally:
+        slow.close()
+        echo.close()
+    assert closed == n
+    assert normal.failures == [] and normal.ok > 0
+    assert proc.log.count(f"upgrade handshake not complete within {DEADLINE:g} s") == n
