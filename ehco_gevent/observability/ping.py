@@ -29,7 +29,6 @@ from typing import Any, Iterable
 
 import gevent
 from gevent import socket
-from prometheus_client import Counter, Histogram
 
 from ..config import remote_host_port
 
@@ -39,10 +38,6 @@ log = logging.getLogger("ehco.ping")
 INTERVAL = 30.0
 #: seconds to wait for a reply before the ping counts as lost
 TIMEOUT = 5.0
-#: ehco's ExponentialBuckets(0.001, 2, 12): 1 ms doubling to 2.048 s ("1ms ~ 4s" in its
-#: comment). Kept exactly, so histograms of Go and Python nodes can be summed bucket by bucket.
-BUCKETS = tuple(0.001 * 2 ** i for i in range(12))
-
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 _HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
@@ -184,16 +179,11 @@ class PingService:
         self.timeout = timeout
         self.targets: dict[str, _Target] = {}
         self.unavailable: set[int] = set()  # address families without any ICMP socket
-        self.duration = Histogram("ehco_ping_response_duration_seconds",
-                                  "A histogram of latencies for ping responses.",
-                                  ["ip", "host", "label"], buckets=BUCKETS, registry=None)
-        self.requests = Counter("ehco_ping_requests_total", "Number of ping requests sent",
-                                ["ip", "host", "label"], registry=None)
-        from .metrics import metrics_for
+        from .metrics import metrics_for  # the metrics module defines every series
 
         metrics = metrics_for(app)
-        metrics.add(self.duration)
-        metrics.add(self.requests)
+        self.duration = metrics.ping_duration
+        self.requests = metrics.ping_requests
 
     # -- service hooks ------------------------------------------------------------------------
     def start(self) -> None:
