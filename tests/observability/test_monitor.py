@@ -298,7 +298,8 @@ def test_dashboard_queries_only_names_a_node_serves(node):
             if kind == "histogram" else {name}
     used = set().union(*(promql_metric_names(e) for e in dashboard_queries()))
     assert {"ehco_traffic_network_transmit_bytes", "ehco_ping_requests_total",
-            "node_cpu_seconds_total", "ehco_gevent_greenlets"} <= used
+            "node_cpu_seconds_total", "go_goroutines",
+            "ehco_gevent_handshake_duration_seconds_bucket"} <= used
     assert used - served == set(), proc.log
 
 
