@@ -227,3 +227,21 @@ def test_in_process_relay_counts_exactly_and_greenlets_show():
         relay.stop()
         relay.drop_connections()
         echo.close()
+
+
+def test_metrics_response_gzips_only_when_asked():
+    import gzip
+
+    from ehco_gevent.observability.metrics import metrics_response
+
+    app = make_app()
+    plain, headers = metrics_response(app, "")
+    assert "Content-Encoding" not in headers and plain.startswith(b"# HELP")
+    for asked in ("gzip", "gzip, deflate", "deflate, gzip;q=0.5", "*"):
+        body, headers = metrics_response(app, asked)
+        assert headers["Content-Encoding"] == "gzip", asked
+        assert gzip.decompress(body).startswith(b"# HELP")
+    for refused in ("identity", "gzip;q=0", "deflate"):
+        body, headers = metrics_response(app, refused)
+        assert "Content-Encoding" not in headers and body.startswith(b"# HELP"), refused
+    assert headers["Vary"] == "Accept-Encoding"

@@ -36,21 +36,25 @@ def read_or_none(path: str) -> str | None:
         return None
 
 
-def gauge(name: str, doc: str, rows: Iterable[tuple[list[str], float]] = (),
-          labels: list[str] | None = None, value: float | None = None) -> Metric:
-    fam = GaugeMetricFamily(name, doc, value=value, labels=labels)
+def family(kind: type, name: str, doc: str, rows: Iterable[tuple[list[str], float]] = (),
+           labels: list[str] | None = None, value: float | None = None) -> Metric:
+    """A gauge or counter family (``kind`` is GaugeMetricFamily or CounterMetricFamily) with
+    one sample per ``(label values, value)`` row, or the single unlabelled ``value``."""
+    fam = kind(name, doc, value=value, labels=labels)
     for values, v in rows:
         fam.add_metric(values, v)
     return fam
+
+
+def gauge(name: str, doc: str, rows: Iterable[tuple[list[str], float]] = (),
+          labels: list[str] | None = None, value: float | None = None) -> Metric:
+    return family(GaugeMetricFamily, name, doc, rows, labels, value)
 
 
 def counter(name: str, doc: str, rows: Iterable[tuple[list[str], float]] = (),
             labels: list[str] | None = None, value: float | None = None) -> Metric:
     """A counter named ``name`` without ``_total``: the exposition adds the suffix."""
-    fam = CounterMetricFamily(name, doc, value=value, labels=labels)
-    for values, v in rows:
-        fam.add_metric(values, v)
-    return fam
+    return family(CounterMetricFamily, name, doc, rows, labels, value)
 
 
 def untyped(name: str, doc: str, value: float) -> Metric:
