@@ -422,7 +422,13 @@ def prometheus(tmp_path):
              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address={LOOPBACK}:{port}"],
             tmp_path / "prometheus.log"))
         wait_port(port)
-        return f"http://{LOOPBACK}:{port}"
+        base = f"http://{LOOPBACK}:{port}"
+        deadline = time.monotonic() + 30
+        # the port opens before the storage is ready; until then the API answers 503
+        while requests.get(f"{base}/-/ready", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, procs[-1].log
+            time.sleep(0.1)
+        return base
 
     yield start
     for proc in procs:
