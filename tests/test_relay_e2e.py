@@ -272,7 +272,7 @@ def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
         relay["tcp_remotes"] = [f"127.0.0.1:{b.port}"]
         write_config(tmp_path, {"relay_configs": [relay]})
         proc.signal(signal.SIGHUP)
-        proc.wait_log("restarted ['mv']")
+        proc.wait_log("reload (SIGHUP): restarted mv")
         wait_port(port)
         assert roundtrip(port, b"y", greeting=b"B") == b"y"
     finally:

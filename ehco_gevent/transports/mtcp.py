@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Callable
 
 from ..config import RelayConfig, remote_host_port
+from . import sniff
 from .smux import SessionPool, serve_session
 from .streams import SocketStream
 from .raw import dial_tcp, tune
+
+#: an mtcp client sends its first SYN at once; one that sends nothing is closed after this
+FIRST_BYTES_TIMEOUT = 10.0
 
 
 class MTCPInbound:
@@ -16,6 +20,11 @@ class MTCPInbound:
 
     def serve(self, sock, client_addr: str, on_stream: Callable) -> None:
         tune(sock)
+        try:  # a ws/wss/raw client sent here: say so once, instead of a silent reset
+            sniff.check_first_bytes(sniff.peek(sock, FIRST_BYTES_TIMEOUT), "mtcp")
+        except sniff.Mismatch as exc:
+            sniff.report(self.cfg.label, "mtcp", client_addr, exc)
+            return
         serve_session(SocketStream(sock), on_stream)
 
     def close(self) -> None:
