@@ -121,7 +121,7 @@ def upgrade_hint(kind: str, remote: str, stage: str, reason: str) -> str:
     elif "404" in reason:
         hint = (f"{remote} is another kind of WebSocket listener (ws, wss and mwss use the paths "
                 f"/ws/, /wss/, /mwss/): make -tt {kind} match the remote's listen type")
-    elif "closed" in reason and kind == "ws":
+    elif kind == "ws" and not reason.startswith("upgrade"):  # closed or reset, no answer
         hint = (f"is {remote} a ws listener? a wss or mwss listener expects TLS (-tt wss/mwss), "
                 "an mtcp listener smux")
     else:
