@@ -170,7 +170,8 @@ class App:
                 self._repeats.log(logging.ERROR, str(exc), "%s", message, force=reason != "timer")
                 return False, str(exc)
             logs.setup(cfg.log_level)
-            done, _ = self.relays.apply(cfg.relay_configs, f"reload ({reason})")
+            done, _ = self.relays.apply(cfg.relay_configs, f"reload ({reason})",
+                                        timer=reason == "timer")
             self.config = cfg
             _call_all(self.services, "on_config", cfg)
             if done.failed:

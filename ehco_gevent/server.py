@@ -100,14 +100,14 @@ class RelayServer:
         relay.start()
         self.relays[cfg.label] = relay
 
-    def apply(self, cfgs: Iterable[RelayConfig], what: str = "reload") -> tuple[Applied, list[str]]:
+    def apply(self, cfgs: Iterable[RelayConfig], what: str = "reload", timer: bool = False
+              ) -> tuple[Applied, list[str]]:
         """Move the running set to ``cfgs``; returns what was done and the messages of the
         relays that failed to start (each names the relay). Failures do not stop the rest.
 
         One log line: info when all went well, error when a relay failed for a new reason; a
-        relay that fails again as it did last time (the timer retrying a busy port) is
-        repeated at most every REPEAT_INTERVAL seconds, and "started" names only the relays
-        that really started."""
+        relay that fails again as it did last time is repeated by the ``timer`` at most every
+        REPEAT_INTERVAL seconds, and "started" names only the relays that really started."""
         new = {cfg.label: cfg for cfg in cfgs}
         steps = plan(self.configs(), new)
         done = Applied(stopped=list(steps.stop), kept=len(steps.keep))
@@ -126,13 +126,15 @@ class RelayServer:
                  if self.failed.get(label) != reason}
         self.failed = dict(done.failed)
         line = f"{what}: {done.summary()}"
+        key = tuple(sorted(done.failed.items()))
         if fresh:
-            log.error("%s", line + " (failed relays are retried at every reload)")
+            self._repeats.log(logging.ERROR, key, "%s", line + " (failed relays are retried at "
+                              "every reload)", force=True)
         elif done.started or done.restarted or done.stopped:
             log.log(logging.WARNING if done.failed else logging.INFO, "%s", line)
         elif done.failed:
-            self._repeats.log(logging.WARNING, tuple(sorted(done.failed.items())), "%s",
-                              line + " (still failing; retried at every reload)")
+            self._repeats.log(logging.WARNING, key, "%s",
+                              line + " (still failing; retried at every reload)", force=not timer)
         return done, errors
 
     def stop_all(self, drop: bool = False) -> None:
