@@ -123,7 +123,7 @@ class App:
         self.config: Config | None = None
         self.stopping = Event()
         self._reload_lock = Semaphore()
-        self._repeats = logs.RateLimitedLog(log, interval=REPEAT_INTERVAL)
+        self._repeats = logs.RateLimitedLogger(log, interval=REPEAT_INTERVAL)
         self.services: list[Any] = load_services(self)
 
     # -- config -------------------------------------------------------------------------------

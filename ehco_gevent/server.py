@@ -15,7 +15,7 @@ from typing import Iterable
 
 from .config import RelayConfig
 from .connections import ConnectionRegistry
-from .logs import RateLimitedLog
+from .logs import RateLimitedLogger
 from .relay import Relay
 
 log = logging.getLogger("ehco.server")
@@ -81,7 +81,7 @@ class RelayServer:
         #: relays of the last apply that did not start (label -> reason); each later apply
         #: (every reload, the timer's included) tries them again
         self.failed: dict[str, str] = {}
-        self._repeats = RateLimitedLog(log, interval=REPEAT_INTERVAL)
+        self._repeats = RateLimitedLogger(log, interval=REPEAT_INTERVAL)
 
     def configs(self) -> dict[str, RelayConfig]:
         return {label: relay.cfg for label, relay in self.relays.items()}

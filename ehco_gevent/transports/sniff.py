@@ -6,7 +6,7 @@ can usually tell what they are (a TLS ClientHello starts ``16 03``, smux frames 
 with a method name), so a listener names the likely mismatch in one log line, and a dialer whose
 upgrade fails says what the remote probably is. These lines are about configuration, not attacks,
 but a peer can repeat them at will: callers log them through
-:class:`ehco_gevent.logs.RateLimitedLog`.
+:class:`ehco_gevent.logs.RateLimitedLogger`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import socket as _stdsocket
 
 import gevent
 
-from ..logs import RateLimitedLog
+from ..logs import RateLimitedLogger
 
 log = logging.getLogger("ehco.mismatch")
 #: one line per relay and cause per minute
-mismatch_log = RateLimitedLog(log, interval=60.0)
+mismatch_log = RateLimitedLogger(log, interval=60.0)
 
 #: the longest HTTP method name we wait for before deciding (``OPTIONS``, ``CONNECT``: 7)
 _MAX_METHOD = 16
