@@ -10,9 +10,6 @@ from .smux import SessionPool, serve_session
 from .streams import SocketStream
 from .raw import dial_tcp, tune
 
-#: an mtcp client sends its first SYN at once; one that sends nothing is closed after this
-FIRST_BYTES_TIMEOUT = 10.0
-
 
 class MTCPInbound:
     def __init__(self, cfg: RelayConfig):
@@ -20,12 +17,8 @@ class MTCPInbound:
 
     def serve(self, sock, client_addr: str, on_stream: Callable) -> None:
         tune(sock)
-        try:  # a ws/wss/raw client sent here: say so once, instead of a silent reset
-            sniff.check_first_bytes(sniff.peek(sock, FIRST_BYTES_TIMEOUT), "mtcp")
-        except sniff.Mismatch as exc:
-            sniff.report(self.cfg.label, "mtcp", client_addr, exc)
-            return
-        serve_session(SocketStream(sock), on_stream)
+        # a ws/wss/raw client sent here is named in the log, instead of a silent reset
+        serve_session(sniff.CheckedStream(sock, "mtcp", self.cfg.label, client_addr), on_stream)
 
     def close(self) -> None:
         pass

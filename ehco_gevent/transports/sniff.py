@@ -17,6 +17,7 @@ import socket as _stdsocket
 import gevent
 
 from ..logs import RateLimitedLogger
+from .streams import SocketStream
 
 log = logging.getLogger("ehco.mismatch")
 #: one line per relay and cause per minute
@@ -61,6 +62,28 @@ def peek(sock, timeout: float) -> bytes:
     """The client's first bytes, left in the socket for whoever reads next (b"" at EOF)."""
     with gevent.Timeout(timeout, TimeoutError("no first bytes in time")):
         return sock.recv(16, _stdsocket.MSG_PEEK)
+
+
+class CheckedStream(SocketStream):
+    """A plain socket stream whose first read is checked with :func:`check_first_bytes`: a
+    mismatch is reported and read as EOF (so the session on top just ends). Only the first
+    read pays: it removes itself, and later reads are SocketStream's own."""
+
+    def __init__(self, sock, listen_type: str, label: str, client: str):
+        super().__init__(sock)
+        self._who = (listen_type, label, client)
+        self.recv_into = self._first_recv_into  # type: ignore[method-assign]
+
+    def _first_recv_into(self, buf) -> int:
+        del self.recv_into  # from now on the class's recv_into
+        n = SocketStream.recv_into(self, buf)
+        listen_type, label, client = self._who
+        try:
+            check_first_bytes(bytes(buf[:min(n, 16)]), listen_type)
+        except Mismatch as exc:
+            report(label, listen_type, client, exc)
+            return 0
+        return n
 
 
 def could_be_http(data: bytes) -> bool:
