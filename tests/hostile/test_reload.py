@@ -19,7 +19,7 @@ def reload_and_wait(proc, tmp_path, cfg: dict, done: int) -> None:
     write_config(tmp_path, cfg)
     proc.signal(signal.SIGHUP)
     deadline = time.monotonic() + 15
-    while proc.log.count("restarted ['r']") < done:
+    while proc.log.count(": restarted r;") < done:
         assert time.monotonic() < deadline and proc.proc.poll() is None, proc.log[-2000:]
         time.sleep(0.01)
 
