@@ -29,6 +29,7 @@ from .connections import ConnectionRegistry
 from .server import RelayServer
 from .transports import UnsupportedTransport
 from .version import VERSION
+from .workers import worker_count
 
 log = logging.getLogger("ehco.app")
 
@@ -42,6 +43,7 @@ FLAG_FALLBACKS = {
     "enable_ping": "enable_ping",
     "log_level": "log_level",
     "config_reload_interval": "reload_interval",
+    "workers": "workers",
 }
 
 
@@ -167,6 +169,11 @@ class App:
         logs.setup(cfg.log_level)
         raise_fd_limit()
         log.info("Start ehco-gevent with version: %s", VERSION)
+        workers = worker_count(cfg.workers)
+        if workers > 1:  # relays in worker processes; this one supervises (workers/)
+            from .workers.supervisor import become_supervisor
+
+            become_supervisor(self, workers)
         self.relays.start_all(cfg.relay_configs)
         self.config = cfg
         _call_all(self.services, "start")
