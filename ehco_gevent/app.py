@@ -174,12 +174,15 @@ class App:
             from .workers.supervisor import become_supervisor
 
             become_supervisor(self, workers)
-        self.relays.start_all(cfg.relay_configs)
-        self.config = cfg
-        _call_all(self.services, "start")
+        # signals first: one that comes while the relays start (workers take a moment, and
+        # the first of them already serves) waits for the start instead of ending the process
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP"))
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
         gevent.signal_handler(signal.SIGINT, self.stopping.set)
+        with self._reload_lock:
+            self.relays.start_all(cfg.relay_configs)
+            self.config = cfg
+            _call_all(self.services, "start")
         if self.path:
             gevent.spawn(self._reload_ticker)
 

@@ -21,6 +21,7 @@ def start_relay(ehco, echo_port, *extra):
     return port, proc
 
 
+@pytest.mark.workers
 @pytest.mark.parametrize("size", [1, 64 * 1024, 16 * 1024 * 1024])
 def test_payload_comes_back_identical(ehco, echo_server, size):
     port, _ = start_relay(ehco, echo_server.port)
@@ -28,6 +29,7 @@ def test_payload_comes_back_identical(ehco, echo_server, size):
     assert sha(roundtrip(port, data)) == sha(data)
 
 
+@pytest.mark.workers
 def test_100_parallel_connections(ehco, echo_server):
     port, _ = start_relay(ehco, echo_server.port)
     payloads = [os.urandom(1000 + i * 997) for i in range(100)]
@@ -44,6 +46,7 @@ def test_server_speaks_first(ehco):
         server.close()
 
 
+@pytest.mark.workers
 def test_client_half_close_receives_all_data(ehco):
     """A server that answers only after the client finished sending (like `nc -q`)."""
     answer = os.urandom(2 * 1024 * 1024)
@@ -79,6 +82,7 @@ def test_client_half_close_receives_all_data(ehco):
     listener.close()
 
 
+@pytest.mark.workers
 def test_server_half_close_still_receives_client_data(ehco):
     """The other direction: the server says its piece and shuts its write side first; the
     client sees EOF yet can still send, and every byte reaches the server."""
@@ -122,6 +126,7 @@ def test_server_half_close_still_receives_client_data(ehco):
     listener.close()
 
 
+@pytest.mark.workers
 def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
     port = free_tcp_udp_port()
     proc = ehco("-l", f"127.0.0.1:{port}", "-ur", f"127.0.0.1:{udp_echo_server.port}")
@@ -137,6 +142,7 @@ def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
     assert len(udp_echo_server.clients) == 1
 
 
+@pytest.mark.workers
 def test_udp_and_tcp_on_one_listen_address(ehco, echo_server, udp_echo_server, tmp_path):
     port = free_tcp_udp_port()
     cfg = write_config(tmp_path, {"relay_configs": [{
@@ -211,6 +217,7 @@ def test_refused_remote_leaves_other_connections_alone(ehco, echo_server, tmp_pa
     assert roundtrip(port, b"third") == b"third"  # round robin is back on the live remote
 
 
+@pytest.mark.workers
 def test_sighup_adds_relay_and_keeps_open_connection(ehco, echo_server, tmp_path):
     p1, p2 = free_port(), free_port()
     first = {"listen": f"127.0.0.1:{p1}", "label": "one",
@@ -234,6 +241,7 @@ def test_sighup_adds_relay_and_keeps_open_connection(ehco, echo_server, tmp_path
     assert "stopped listening" not in proc.log  # relay one was not restarted
 
 
+@pytest.mark.workers
 def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     port = free_port()
     good = {"relay_configs": [{"listen": f"127.0.0.1:{port}", "label": "keep",
@@ -259,6 +267,7 @@ def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     assert "stopped listening" not in proc.log and "reload: started" not in proc.log
 
 
+@pytest.mark.workers
 def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
     a, b = EchoServer(greeting=b"A"), EchoServer(greeting=b"B")
     try:
@@ -293,6 +302,7 @@ def test_reload_interval_picks_up_edits(ehco, echo_server, tmp_path):
     assert roundtrip(p2, b"ticker") == b"ticker"
 
 
+@pytest.mark.workers
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_exits_zero_and_closes_listener(ehco, echo_server, sig):
     port, proc = start_relay(ehco, echo_server.port)

@@ -422,12 +422,12 @@ class RefreshFirst:
     """A metrics registry that takes fresh worker snapshots before its collectors run, so a
     scrape shows the dial times and the byte counts of the same moment."""
 
-    def __init__(self, inner: Any, refresh: Callable[[], None]):
+    def __init__(self, inner: Any, refresh: Callable[[float], None]):
         self.inner = inner
         self.refresh = refresh
 
     def collect(self):
-        self.refresh()
+        self.refresh(0)  # what happened a moment ago shows; the collectors then share it
         return self.inner.collect()
 
     def __getattr__(self, name: str) -> Any:

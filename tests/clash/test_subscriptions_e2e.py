@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 import requests
 import yaml
 
@@ -67,6 +68,7 @@ def greeting_of(port: int) -> bytes:
     return reply[:-4]
 
 
+@pytest.mark.workers
 def test_subscription_relays_provider_and_refresh(ehco, tmp_path):
     servers = {n: EchoServer(greeting=f"{n}\n".encode()) for n in ("us-1", "us-2", "jb-1", "new")}
     sub = Subscription()
