@@ -115,8 +115,8 @@ class Peer:
         self._reader = gevent.spawn(self._read_loop)
 
     def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
-        """Send a request and wait for its result; raises RemoteError, ChannelClosed, or
-        gevent.Timeout."""
+        """Send a request and wait for its result; raises RemoteError, ChannelClosed or
+        TimeoutError."""
         if self.closed.is_set():
             raise ChannelClosed(f"{self.name} is closed")
         rid = next(self._ids)
@@ -124,7 +124,10 @@ class Peer:
         self._waiting[rid] = waiter
         try:
             self._send(request(rid, op, args))
-            result = waiter.get(timeout=timeout)
+            waiter.wait(timeout)
+            if not waiter.ready():
+                raise TimeoutError(f"{self.name}: no answer to {op!r} in {timeout} s")
+            result = waiter.value
         finally:
             self._waiting.pop(rid, None)
         if isinstance(result, Exception):

@@ -32,14 +32,13 @@ import logging
 import os
 import signal
 import socket as _stdsocket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import gevent
-from gevent import socket
+from gevent import socket, subprocess
 from gevent.lock import Semaphore
 
 from ..addresses import ListenError
@@ -255,7 +254,7 @@ class WorkerPool:
         parent, child = socket.socketpair(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "ehco_gevent.workers.worker", "--fd", str(child.fileno()),
+        cmd = [sys.executable, "-m", "ehco_gevent.workers", "--fd", str(child.fileno()),
                "--slot", str(slot), "--id-start", str(slot + step * (generation << 32)),
                "--id-step", str(step), "--log-level", self._log_level()]
         try:

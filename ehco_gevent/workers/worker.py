@@ -1,4 +1,4 @@
-"""A relay worker: ``python -m ehco_gevent.workers.worker --fd FD --slot S ...``.
+"""A relay worker process (``python -m ehco_gevent.workers --fd FD --slot S ...``).
 
 It runs the relays the supervisor sends it, with the same code a single process runs
 (:class:`~ehco_gevent.server.RelayServer` and its reload rules), on listeners that share their
@@ -12,28 +12,25 @@ a ``kill -HUP`` sent to the whole process group reaches the workers too, and the
 stops or reloads them in order.
 """
 
-from gevent import monkey
+from __future__ import annotations
 
-monkey.patch_all()
+import argparse
+import itertools
+import logging
+import os
+import signal
+from dataclasses import replace
+from typing import Any
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from typing import Any  # noqa: E402
+import gevent
+from gevent import socket
+from gevent.event import Event
 
-import gevent  # noqa: E402
-from gevent import socket  # noqa: E402
-from gevent.event import Event  # noqa: E402
-
-from .. import addresses, logs  # noqa: E402
-from ..config import RelayConfig  # noqa: E402
-from ..connections import Connection, ConnectionRegistry  # noqa: E402
-from ..server import RelayServer  # noqa: E402
-from .channel import Peer  # noqa: E402
+from .. import addresses, logs
+from ..config import RelayConfig
+from ..connections import Connection, ConnectionRegistry
+from ..server import RelayServer
+from .channel import Peer
 
 log = logging.getLogger("ehco.workers")
 
@@ -166,5 +163,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
