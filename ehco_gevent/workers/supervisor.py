@@ -136,6 +136,21 @@ class WorkerHandle:
         return self.peer.call(op, timeout, **args)
 
 
+def call_all(handles: list[WorkerHandle], op: str, timeout: float,
+             **args: Any) -> list[tuple[Any, Exception | None]]:
+    """``op`` on every worker at once; (result, None) or (None, the error) for each."""
+
+    def one(handle: WorkerHandle) -> tuple[Any, Exception | None]:
+        try:
+            return handle.call(op, timeout, **args), None
+        except Exception as exc:  # a dead or stuck worker is an answer too
+            return None, exc
+
+    jobs = [gevent.spawn(one, handle) for handle in handles]
+    gevent.joinall(jobs)
+    return [job.value for job in jobs]
+
+
 class WorkerPool:
     """N worker processes that run the same relays; RelayServer's interface."""
 
@@ -170,10 +185,9 @@ class WorkerPool:
         for slot in range(1, self.count + 1):
             self.handles[slot] = self._spawn(slot)
         handles = list(self.handles.values())
-        jobs = [gevent.spawn(h.call, "start", START_TIMEOUT, relays=self.wanted, tls=tls,
-                             log_level=self._log_level()) for h in handles]
-        gevent.joinall(jobs)
-        failed = [job.exception for job in jobs if job.exception is not None]
+        answers = call_all(handles, "start", START_TIMEOUT, relays=self.wanted, tls=tls,
+                           log_level=self._log_level())
+        failed = [exc for _, exc in answers if exc is not None]
         if failed:
             self.stop_all()
             raise local_error(failed[0])
@@ -196,18 +210,17 @@ class WorkerPool:
             errors.append(str(exc))
             tls = None
         live = list(self.handles.values())
-        jobs = [gevent.spawn(h.call, "apply", APPLY_TIMEOUT, relays=cfgs, tls=tls,
-                             log_level=self._log_level()) for h in live]
-        gevent.joinall(jobs)
+        answers = call_all(live, "apply", APPLY_TIMEOUT, relays=cfgs, tls=tls,
+                           log_level=self._log_level())
         running = set(new)
-        for handle, job in zip(live, jobs):
-            if job.exception is not None:
-                message = f"worker {handle.slot}: reload failed: {job.exception}"
+        for handle, (result, exc) in zip(live, answers):
+            if exc is not None:
+                message = f"worker {handle.slot}: reload failed: {exc}"
                 log.error("%s", message)
                 errors.append(message)
                 continue
-            running &= set(job.value["running"])
-            errors += [e for e in job.value["errors"] if e not in errors]
+            running &= set(result["running"])
+            errors += [e for e in result["errors"] if e not in errors]
         old = self.relays
         self.relays = {label: old[label] if label in steps.keep and label in old
                        else RelayView(cfg) for label, cfg in new.items() if label in running}
@@ -219,8 +232,7 @@ class WorkerPool:
         if self._poller is not None:
             self._poller.kill(block=False)
         handles = list(self.handles.values())
-        jobs = [gevent.spawn(h.call, "stop", CALL_TIMEOUT) for h in handles]
-        gevent.joinall(jobs, timeout=CALL_TIMEOUT)
+        call_all(handles, "stop", CALL_TIMEOUT)
         for handle in handles:
             try:
                 handle.proc.wait(STOP_GRACE)
@@ -336,13 +348,11 @@ class WorkerPool:
 
     def _ask(self, handles: list[WorkerHandle], op: str, **args: Any) -> list[Any]:
         """``op`` on every handle at once; None for a worker that failed to answer."""
-        jobs = [gevent.spawn(h.call, op, CALL_TIMEOUT, **args) for h in handles]
-        gevent.joinall(jobs)
         out = []
-        for handle, job in zip(handles, jobs):
-            if job.exception is not None:
-                log.debug("worker %d: %s failed: %s", handle.slot, op, job.exception)
-            out.append(job.value if job.exception is None else None)
+        for handle, (result, exc) in zip(handles, call_all(handles, op, CALL_TIMEOUT, **args)):
+            if exc is not None:
+                log.debug("worker %d: %s failed: %s", handle.slot, op, exc)
+            out.append(result)
         return out
 
     def counters(self, key: str) -> list[dict]:
