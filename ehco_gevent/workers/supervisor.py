@@ -245,6 +245,9 @@ class WorkerPool:
         self.handles.clear()
         self.relays.clear()
 
+    def stop_restarting(self) -> None:
+        self.stopping = True
+
     # -- workers ----------------------------------------------------------------------------------
     def _log_level(self) -> str:
         cfg = getattr(self.app, "config", None)
@@ -467,5 +470,9 @@ def become_supervisor(app: Any, count: int) -> WorkerPool:
     if metrics is not None:
         metrics.registry = RefreshFirst(metrics.registry, pool.refresh)
     app.services.append(WorkersService(pool))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # the App stops on these too, a moment later; a worker that a service manager
+        # signalled along with us (systemd signals the whole group) is not restarted meanwhile
+        gevent.signal_handler(sig, pool.stop_restarting)
     log.info("supervisor (pid %d) runs the relays in %d worker processes", os.getpid(), count)
     return pool
