@@ -47,7 +47,6 @@ def test_server_speaks_first(ehco):
         server.close()
 
 
-@pytest.mark.workers
 def test_client_half_close_receives_all_data(ehco):
     """A server that answers only after the client finished sending (like `nc -q`)."""
     answer = os.urandom(2 * 1024 * 1024)
@@ -83,7 +82,6 @@ def test_client_half_close_receives_all_data(ehco):
     listener.close()
 
 
-@pytest.mark.workers
 def test_server_half_close_still_receives_client_data(ehco):
     """The other direction: the server says its piece and shuts its write side first; the
     client sees EOF yet can still send, and every byte reaches the server."""
@@ -343,7 +341,6 @@ def test_reload_interval_picks_up_edits(ehco, echo_server, tmp_path):
     assert roundtrip(p2, b"ticker") == b"ticker"
 
 
-@pytest.mark.workers
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_exits_zero_and_closes_listener(ehco, echo_server, sig):
     port, proc = start_relay(ehco, echo_server.port)

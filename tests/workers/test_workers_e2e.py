@@ -6,7 +6,6 @@ remainder S when divided by N + 1 (docs/configuration.md), so ``id % 3`` names t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -19,8 +18,8 @@ import requests
 
 from ehco_gevent.observability.metrics import parse_samples
 
-from ..support import (LOOPBACK, EchoServer, free_port, parallel_roundtrips, roundtrip, sha,
-                       wait_port, write_config)
+from ..support import (LOOPBACK, free_port, parallel_roundtrips, roundtrip, wait_port,
+                       write_config)
 
 WORKERS = 2
 
@@ -108,7 +107,7 @@ def node(ehco, tmp_path, echo_server):
     return lambda labels=("lbl",): Node(ehco, tmp_path, echo_server.port, labels)
 
 
-def test_200_parallel_connections_intact_and_metrics_exact_sums(node):
+def test_200_connections_intact_metrics_exact_and_every_workers_connections_listed(node):
     n = node()
     payloads = [os.urandom(1 + (i * 7919) % 150_000) for i in range(200)]
     assert all(parallel_roundtrips(n.ports["lbl"], payloads))
@@ -129,9 +128,7 @@ def test_200_parallel_connections_intact_and_metrics_exact_sums(node):
              if s.name == "ehco_traffic_handshake_duration_count" and s.labels["remote"] == remote]
     assert dials == [201]  # every dial of every worker, wait_port's probe included
 
-
-def test_connections_page_lists_every_workers_connections(node):
-    n = node()
+    # the connections pages list the open connections of every worker
     owners = n.hold_in_every_worker()
     data = n.get("/api/v1/connections/?conn_type=active").json()
     assert data["active_count"] == len(owners)
@@ -184,15 +181,12 @@ def test_a_killed_worker_is_restarted_and_nothing_else_moves(node):
     assert psutil.pid_exists(pids[2]) and n.worker_pids()[2] == pids[2]
     payloads = [os.urandom(10_000) for _ in range(20)]  # and the node relays as before
     assert all(parallel_roundtrips(n.ports["lbl"], payloads))
-    later = wait_until(lambda: (t := n.transmit()) and all(t[k] >= after[k] + 20_000
-                                                           for k in after) and t, "growth")
-    assert all(later[key] >= after[key] for key in after)
+    wait_until(lambda: all(n.transmit()[k] >= after[k] + 2 * 200_000 for k in after),
+               "the counters grow by the new traffic")
 
-
-def test_sigterm_stops_every_process_with_status_0(node):
-    n = node()
-    pids = list(n.worker_pids().values())
-    assert len(pids) == WORKERS and all(psutil.pid_exists(p) for p in pids)
+    # SIGTERM to the supervisor: every worker (the restarted one too) is gone, status 0
+    pids = sorted(n.worker_pids().values())
+    assert sorted(c.pid for c in psutil.Process(n.proc.proc.pid).children()) == pids
     n.proc.signal(signal.SIGTERM)
     assert n.proc.proc.wait(20) == 0
     for pid in pids:
