@@ -64,6 +64,9 @@ class Worker:
             self.opens.append((conn.relay_label, conn.conn_type, conn.remote, conn.remote_label,
                                conn.dial_ms))
         else:
+            if not self.opens_dropped:
+                log.warning("worker %d: %d dial times wait for the supervisor; later ones are "
+                            "not kept for the handshake histogram", self.slot, MAX_PENDING_OPENS)
             self.opens_dropped += 1
 
     # -- the operations the supervisor calls --------------------------------------------------
@@ -105,7 +108,6 @@ class Worker:
             "count_active": registry.count_active(),
             "dial_failures": dict(registry.dial_failures),
             "opens": opens,
-            "opens_dropped": self.opens_dropped,
         }
 
     def connections(self, conn_type: str) -> list[Connection]:
