@@ -321,14 +321,15 @@ class WorkerPool:
             except Exception:  # a bad round must not end the polling
                 log.exception("polling the workers failed")
 
-    def refresh(self, max_age: float = SNAPSHOT_MAX_AGE) -> None:
+    def refresh(self, max_age: float = SNAPSHOT_MAX_AGE, process: bool = False) -> None:
         """Take a snapshot of every worker unless one was taken in the last ``max_age``
-        seconds; replay the dial times they report into the supervisor's open_listeners."""
+        seconds; replay the dial times they report into the supervisor's open_listeners.
+        ``process`` asks for their greenlets and memory too (a scrape)."""
         with self._refresh_lock:
             if time.monotonic() - self._refreshed_at < max_age:
                 return
             live = list(self.handles.values())
-            results = self._ask(live, "snapshot")
+            results = self._ask(live, "snapshot", process=process)
             for handle, snap in zip(live, results):
                 if snap is None or self.handles.get(handle.slot) is not handle:
                     continue  # no answer, or the worker died meanwhile (already retired)
@@ -363,6 +364,11 @@ class WorkerPool:
         self.refresh()
         live = [h.last[key] for h in list(self.handles.values()) if h.last is not None]
         return ([self.retired[key]] if key in self.retired else []) + live
+
+    def process_totals(self) -> dict[str, float]:
+        """The live workers' greenlets and memory, summed (from their last snapshot)."""
+        return sum_counters(h.last["process"] for h in list(self.handles.values())
+                            if h.last is not None and "process" in h.last)
 
     def connections(self, op: str, **args: Any) -> list[tuple[WorkerHandle, list[Connection]]]:
         handles = list(self.handles.values())
@@ -430,17 +436,30 @@ class ClusterRegistry:
         return n
 
 
+#: the process gauges that hold the node's whole figure: the supervisor's own plus the workers'
+PROCESS_GAUGES = {"go_goroutines": "greenlets", "ehco_gevent_greenlets": "greenlets",
+                  "go_memstats_sys_bytes": "memory", "ehco_gevent_resident_memory_bytes": "memory"}
+
+
 class RefreshFirst:
     """A metrics registry that takes fresh worker snapshots before its collectors run, so a
-    scrape shows the dial times and the byte counts of the same moment."""
+    scrape shows the dial times and the byte counts of the same moment, and adds the workers'
+    greenlets and memory to the process gauges that Go ehco's dashboard reads."""
 
-    def __init__(self, inner: Any, refresh: Callable[[float], None]):
+    def __init__(self, inner: Any, pool: WorkerPool):
         self.inner = inner
-        self.refresh = refresh
+        self.pool = pool
 
     def collect(self):
-        self.refresh(0)  # what happened a moment ago shows; the collectors then share it
-        return self.inner.collect()
+        # what happened a moment ago shows; the collectors then share this snapshot
+        self.pool.refresh(0, process=True)
+        workers = self.pool.process_totals()
+        for family in self.inner.collect():
+            key = PROCESS_GAUGES.get(family.name)
+            if key in workers and len(family.samples) == 1:
+                sample = family.samples[0]
+                family.samples[0] = sample._replace(value=sample.value + workers[key])
+            yield family
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -468,7 +487,7 @@ def become_supervisor(app: Any, count: int) -> WorkerPool:
     app.relays = pool
     metrics = getattr(app, "metrics", None)
     if metrics is not None:
-        metrics.registry = RefreshFirst(metrics.registry, pool.refresh)
+        metrics.registry = RefreshFirst(metrics.registry, pool)
     app.services.append(WorkersService(pool))
     for sig in (signal.SIGTERM, signal.SIGINT):
         # the App stops on these too, a moment later; a worker that a service manager

@@ -95,12 +95,20 @@ class Worker:
         _, errors = self.relays.apply(relays)
         return {"running": sorted(self.relays.relays), "errors": errors}
 
-    def snapshot(self) -> dict:
+    def snapshot(self, process: bool = False) -> dict:
         """The counters the metrics and the charts read, cumulative since this worker started,
-        and the dial times of the connections opened since the previous snapshot."""
+        and the dial times of the connections opened since the previous snapshot; with
+        ``process``, this process's live greenlets and resident memory too (a scrape asks)."""
         opens, self.opens = self.opens, []
         registry = self.registry
+        extra = {}
+        if process:
+            from ..observability.metrics import count_live_greenlets, resident_memory_bytes
+
+            extra["process"] = {"greenlets": count_live_greenlets(),
+                                "memory": resident_memory_bytes()}
         return {
+            **extra,
             "seq": next(self.snapshots),
             "pid": os.getpid(),
             "totals": registry.totals(),

@@ -132,6 +132,11 @@ def test_200_connections_intact_metrics_exact_and_every_workers_connections_list
     owners = n.hold_in_every_worker()
     data = n.get("/api/v1/connections/?conn_type=active").json()
     assert data["active_count"] == len(owners)
+    # the process gauges hold the whole node: the workers' memory (and greenlets) too
+    processes = [psutil.Process(n.proc.proc.pid), *psutil.Process(n.proc.proc.pid).children()]
+    rss = sum(p.memory_info().rss for p in processes)
+    gauges = {s.name: s.value for s in parse_samples(n.get("/metrics/").text)}
+    assert gauges["ehco_gevent_resident_memory_bytes"] >= 0.8 * rss  # the supervisor's is ~1/3
     page = n.get(f"/connections/?conn_type=active&page_size={len(owners)}").text
     for conn in owners:
         assert "%s:%d" % conn.getsockname() in page
