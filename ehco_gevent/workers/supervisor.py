@@ -249,9 +249,10 @@ class WorkerPool:
         self.stopping = True
 
     # -- workers ----------------------------------------------------------------------------------
-    def _log_level(self) -> str:
-        cfg = getattr(self.app, "config", None)
-        return cfg.log_level if cfg is not None else (self.app.opts.get("log_level") or "info")
+    @staticmethod
+    def _log_level() -> str:
+        """The level this process logs at (the App set it from the config being applied)."""
+        return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
 
     def _tls_files(self, cfgs: list[RelayConfig]) -> tuple[str, str] | None:
         """The node's certificate files, made once here when a relay serves TLS, so every

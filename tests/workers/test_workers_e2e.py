@@ -45,7 +45,8 @@ class Node:
     def write(self, labels) -> None:
         write_config(self.path.parent, {
             "web_host": LOOPBACK, "web_port": int(self.web.rsplit(":", 1)[1]),
-            "enable_ping": False, "relay_configs": [self.relay(label) for label in labels]})
+            "enable_ping": False, "log_level": "debug",
+            "relay_configs": [self.relay(label) for label in labels]})
 
     def get(self, path: str) -> requests.Response:
         resp = requests.get(self.web + path, timeout=10)
@@ -123,6 +124,8 @@ def test_200_connections_intact_metrics_exact_and_every_workers_connections_list
     per_worker = {w: sum(1 for r in rows if r["id"] % (WORKERS + 1) == w)
                   for w in range(1, WORKERS + 1)}
     assert all(per_worker.values()), per_worker  # the traffic was spread over both
+    for worker in range(1, WORKERS + 1):  # as their logs say (the config's level reached them)
+        assert re.search(rf"\[worker {worker}\] relay lbl: \S+ -> \S+ closed, up [1-9]", n.proc.log)
     samples = parse_samples(n.get("/metrics/").text)
     dials = [s.value for s in samples
              if s.name == "ehco_traffic_handshake_duration_count" and s.labels["remote"] == remote]
