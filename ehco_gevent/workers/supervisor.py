@@ -44,7 +44,7 @@ from gevent.lock import Semaphore
 from ..addresses import ListenError
 from ..config import ConfigError, RelayConfig
 from ..connections import Connection, ConnectionRegistry
-from ..server import plan
+from ..server import Applied, plan
 from ..transports import UnsupportedTransport
 from .channel import Peer, RemoteError
 
@@ -92,6 +92,21 @@ def sum_counters(sources: Iterable[dict]) -> dict:
     out: dict = {}
     for source in sources:
         add_into(out, source)
+    return out
+
+
+def merge_applied(dones: list[Applied]) -> Applied:
+    """What a reload did across the workers: a relay failed if it failed in any worker (with
+    that worker's reason), and counts as started or restarted only where it did not fail."""
+    out = Applied(kept=min((d.kept for d in dones), default=0))
+    for done in dones:
+        for label, reason in done.failed.items():
+            out.failed.setdefault(label, reason)
+        for name in ("started", "restarted", "stopped"):
+            mine = getattr(out, name)
+            mine += [label for label in getattr(done, name) if label not in mine]
+    out.started = [label for label in out.started if label not in out.failed]
+    out.restarted = [label for label in out.restarted if label not in out.failed]
     return out
 
 
@@ -196,12 +211,15 @@ class WorkerPool:
             handle.watcher = gevent.spawn(self._watch, handle)
         self._poller = gevent.spawn(self._poll_loop)
 
-    def apply(self, cfgs: Iterable[RelayConfig]):
-        """A reload in every worker; returns the plan and the errors (each once). A relay
-        counts as running when every worker that answered runs it."""
+    def apply(self, cfgs: Iterable[RelayConfig], what: str = "reload",
+              timer: bool = False) -> tuple[Applied, list[str]]:
+        """A reload in every worker (each logs what it did); returns what was done across
+        them (:func:`merge_applied`) and the errors, each once. A relay counts as running
+        when every worker that answered runs it; a worker that did not answer gets the new
+        relays when it is restarted."""
         cfgs = list(cfgs)
         new = {cfg.label: cfg for cfg in cfgs}
-        steps = plan(self.configs(), new)
+        keep = plan(self.configs(), new).keep
         self.wanted = cfgs
         errors: list[str] = []
         try:
@@ -211,20 +229,19 @@ class WorkerPool:
             tls = None
         live = list(self.handles.values())
         answers = call_all(live, "apply", APPLY_TIMEOUT, relays=cfgs, tls=tls,
-                           log_level=self._log_level())
-        running = set(new)
+                           log_level=self._log_level(), what=what, timer=timer)
+        running, dones = set(new), []
         for handle, (result, exc) in zip(live, answers):
             if exc is not None:
-                message = f"worker {handle.slot}: reload failed: {exc}"
-                log.error("%s", message)
-                errors.append(message)
+                log.error("worker %d: %s failed: %s", handle.slot, what, exc)
                 continue
             running &= set(result["running"])
             errors += [e for e in result["errors"] if e not in errors]
+            dones.append(result["done"])
         old = self.relays
-        self.relays = {label: old[label] if label in steps.keep and label in old
+        self.relays = {label: old[label] if label in keep and label in old
                        else RelayView(cfg) for label, cfg in new.items() if label in running}
-        return steps, errors
+        return merge_applied(dones), errors
 
     def stop_all(self, drop: bool = False) -> None:
         """Stop every worker (they drop their connections) and wait for them to exit."""

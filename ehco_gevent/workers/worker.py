@@ -88,12 +88,12 @@ class Worker:
         return sorted(self.relays.relays)
 
     def apply(self, relays: list[RelayConfig], tls: tuple[str, str] | None = None,
-              log_level: str = "info") -> dict:
-        """A reload (or a restarted worker's start): the same diff rules as one process;
-        returns the relay labels running afterwards and the errors of those that failed."""
+              log_level: str = "info", what: str = "reload", timer: bool = False) -> dict:
+        """A reload (or a restarted worker's start): the same diff rules and log line as one
+        process; returns what was done, the errors, and the relays running afterwards."""
         self._settings(tls, log_level)
-        _, errors = self.relays.apply(relays)
-        return {"running": sorted(self.relays.relays), "errors": errors}
+        done, errors = self.relays.apply(relays, what, timer=timer)
+        return {"done": done, "errors": errors, "running": sorted(self.relays.relays)}
 
     def snapshot(self, process: bool = False) -> dict:
         """The counters the metrics and the charts read, cumulative since this worker started,

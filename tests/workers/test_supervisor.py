@@ -16,7 +16,8 @@ from ehco_gevent.config import ConfigError, RelayConfig
 from ehco_gevent.connections import ConnectionRegistry
 from ehco_gevent.workers.channel import RemoteError
 from ehco_gevent.workers.supervisor import (WorkerFailure, add_into, become_supervisor,
-                                            describe_exit, local_error, sum_counters)
+                                            describe_exit, local_error, merge_applied,
+                                            sum_counters)
 
 from ..support import LOOPBACK, free_port
 
@@ -87,3 +88,15 @@ def test_close_reaches_the_worker_that_holds_the_connection(pool, echo_server):
         gevent.sleep(0.05)
     assert app.registry.totals()[remote] == expected
     assert len(app.registry.closed) == len(conns)
+
+
+def test_a_reload_failed_where_any_worker_failed():
+    from ehco_gevent.server import Applied
+
+    one = Applied(started=["a", "b"], stopped=["old"], kept=2)
+    two = Applied(started=["a"], stopped=["old"], kept=2,
+                  failed={"b": "cannot listen on 127.0.0.1:7001: address already in use"})
+    merged = merge_applied([one, two])
+    assert (merged.started, merged.stopped, merged.kept) == (["a"], ["old"], 2)
+    assert merged.failed == {"b": "cannot listen on 127.0.0.1:7001: address already in use"}
+    assert merge_applied([]).summary() == "kept 0"
