@@ -35,6 +35,7 @@ import socket as _stdsocket
 import sys
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 import gevent
@@ -126,12 +127,77 @@ def describe_exit(code: int) -> str:
     return f"status {code}"
 
 
+def merge_remote_rows(views: list[list[dict]]) -> list[dict]:
+    """One relay's remotes as every worker's balancer sees them (``Balancer.snapshot`` rows,
+    one list per worker, same remotes in the same order) merged into one row per remote: down
+    if down in any worker (some clients are affected), counts summed, the newest change."""
+    out = []
+    for rows in zip(*views):
+        row = dict(rows[0])
+        row["up"] = all(r.get("up", True) for r in rows)
+        downs = [r for r in rows if not r.get("up", True)]
+        row["reason"] = downs[0].get("reason", "") if downs else ""
+        if any(r.get("health_check") == "down" for r in rows):
+            row["health_check"] = "down"
+        for key in ("open_connections", "dials", "dial_failures"):
+            if key in row:
+                row[key] = sum(r.get(key) or 0 for r in rows)
+        if "down_for_s" in row:
+            row["down_for_s"] = max(r.get("down_for_s") or 0 for r in rows)
+        newest = max(rows, key=lambda r: r.get("last_change") or 0)
+        for key in ("last_change", "last_error"):
+            if key in row:
+                row[key] = newest.get(key)
+        dialed = [r for r in rows if r.get("last_dial_ms") is not None]
+        if "last_dial_ms" in row:
+            row["last_dial_ms"] = max(dialed, key=lambda r: r.get("last_change") or 0).get(
+                "last_dial_ms") if dialed else None
+        out.append(row)
+    return out
+
+
+class MergedBalancer:
+    """The read side of a relay's balancer (``snapshot``, ``states``, ``up_states``) over the
+    rows the workers reported."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def snapshot(self) -> list[dict]:
+        return [dict(row) for row in self.rows]
+
+    @property
+    def states(self) -> list[Any]:
+        return [SimpleNamespace(address=row.get("remote"), last_dial_ms=row.get("last_dial_ms"))
+                for row in self.rows]
+
+    def up_states(self) -> list[tuple[str, bool]]:
+        return [(row.get("remote"), bool(row.get("up", True))) for row in self.rows]
+
+
 @dataclass
 class RelayView:
-    """What the pages read of a running relay (it runs in every worker)."""
+    """What the pages read of a running relay (it runs in every worker): its config, and its
+    balancers as the workers see them, merged (from their latest snapshots)."""
 
     cfg: RelayConfig
+    pool: Any = field(default=None, repr=False, compare=False)
     started_at: float = field(default_factory=time.time)
+
+    def _balancer(self, kind: str) -> MergedBalancer | None:
+        views = [h.last["balancers"].get(self.cfg.label, {}).get(kind)
+                 for h in list(self.pool.handles.values()) if h.last is not None] if self.pool else []
+        views = [v for v in views if v is not None]
+        return MergedBalancer(merge_remote_rows(views)) if views else None
+
+    @property
+    def tcp_lb(self) -> MergedBalancer | None:
+        return self._balancer("tcp")
+
+    @property
+    def udp(self) -> Any:
+        lb = self._balancer("udp")
+        return SimpleNamespace(lb=lb) if lb is not None else None
 
 
 class WorkerHandle:
@@ -206,7 +272,7 @@ class WorkerPool:
         if failed:
             self.stop_all()
             raise local_error(failed[0])
-        self.relays = {cfg.label: RelayView(cfg) for cfg in self.wanted}
+        self.relays = {cfg.label: RelayView(cfg, self) for cfg in self.wanted}
         for handle in handles:
             handle.watcher = gevent.spawn(self._watch, handle)
         self._poller = gevent.spawn(self._poll_loop)
@@ -240,7 +306,7 @@ class WorkerPool:
             dones.append(result["done"])
         old = self.relays
         self.relays = {label: old[label] if label in keep and label in old
-                       else RelayView(cfg) for label, cfg in new.items() if label in running}
+                       else RelayView(cfg, self) for label, cfg in new.items() if label in running}
         return merge_applied(dones), errors
 
     def stop_all(self, drop: bool = False) -> None:

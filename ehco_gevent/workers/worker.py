@@ -109,6 +109,7 @@ class Worker:
                                 "memory": resident_memory_bytes()}
         return {
             **extra,
+            "balancers": self.balancers(),
             "seq": next(self.snapshots),
             "pid": os.getpid(),
             "totals": registry.totals(),
@@ -117,6 +118,20 @@ class Worker:
             "dial_failures": dict(registry.dial_failures),
             "opens": opens,
         }
+
+    def balancers(self) -> dict[str, dict[str, list[dict]]]:
+        """Each relay's remotes as its balancers see them in this worker (pages and metrics
+        show them per relay; the supervisor merges the workers' views)."""
+        out = {}
+        for label, relay in list(self.relays.relays.items()):
+            views = {}
+            for kind, lb in (("tcp", relay.tcp_lb),
+                             ("udp", relay.udp.lb if relay.udp is not None else None)):
+                snapshot = getattr(lb, "snapshot", None)
+                if snapshot is not None:
+                    views[kind] = snapshot()
+            out[label] = views
+        return out
 
     def connections(self, conn_type: str) -> list[Connection]:
         if conn_type == "active":
