@@ -185,8 +185,11 @@ class RelayView:
     started_at: float = field(default_factory=time.time)
 
     def _balancer(self, kind: str) -> MergedBalancer | None:
+        if self.pool is None:
+            return None
+        self.pool.refresh()
         views = [h.last["balancers"].get(self.cfg.label, {}).get(kind)
-                 for h in list(self.pool.handles.values()) if h.last is not None] if self.pool else []
+                 for h in list(self.pool.handles.values()) if h.last is not None]
         views = [v for v in views if v is not None]
         return MergedBalancer(merge_remote_rows(views)) if views else None
 
