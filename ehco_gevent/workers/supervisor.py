@@ -390,14 +390,11 @@ class WorkerPool:
         new = self._spawn(slot)
         self.handles[slot] = new
         new.watcher = gevent.spawn(self._watch, new)
-        try:
-            result = new.call("apply", START_TIMEOUT, relays=self.wanted,
-                              tls=self._tls, log_level=self._log_level())
+        try:  # the worker logs what started and what failed
+            new.call("apply", START_TIMEOUT, relays=self.wanted, tls=self._tls,
+                     log_level=self._log_level(), what="restarted worker")
         except Exception as exc:
             log.error("worker %d (pid %d): could not start its relays: %s", slot, new.pid, exc)
-            return
-        for error in result["errors"]:
-            log.error("worker %d: %s", slot, error)
 
     # -- reading the workers -------------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -552,6 +549,23 @@ class RefreshFirst:
         return getattr(self.inner, name)
 
 
+class WorkersCollector:
+    """``ehco_gevent_workers`` (running relay workers) and ``ehco_gevent_worker_restarts``
+    (workers that died and were started again), so an alert can catch a crash loop."""
+
+    def __init__(self, pool: WorkerPool):
+        self.pool = pool
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("ehco_gevent_workers", "relay worker processes running",
+                                value=len(self.pool.handles))
+        yield CounterMetricFamily("ehco_gevent_worker_restarts",
+                                  "relay worker processes that died and were started again",
+                                  value=self.pool.restarts)
+
+
 class WorkersService:
     """Says so when a reload asks for another number of workers (that needs a restart)."""
 
@@ -574,6 +588,7 @@ def become_supervisor(app: Any, count: int) -> WorkerPool:
     app.relays = pool
     metrics = getattr(app, "metrics", None)
     if metrics is not None:
+        metrics.add(WorkersCollector(pool))
         metrics.registry = RefreshFirst(metrics.registry, pool)
     app.services.append(WorkersService(pool))
     for sig in (signal.SIGTERM, signal.SIGINT):

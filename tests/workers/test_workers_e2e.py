@@ -186,6 +186,8 @@ def test_a_killed_worker_is_restarted_and_nothing_else_moves(node):
         conn.close()
     after = n.transmit()
     assert all(after[key] >= value for key, value in before.items()), (before, after)
+    samples = {s.name: s.value for s in parse_samples(n.get("/metrics/").text)}
+    assert (samples["ehco_gevent_workers"], samples["ehco_gevent_worker_restarts_total"]) == (2, 1)
     assert psutil.pid_exists(pids[2]) and n.worker_pids()[2] == pids[2]
     payloads = [os.urandom(10_000) for _ in range(20)]  # and the node relays as before
     assert all(parallel_roundtrips(n.ports["lbl"], payloads))
