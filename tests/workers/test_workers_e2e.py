@@ -27,11 +27,12 @@ WORKERS = 2
 class Node:
     """A supervisor with two workers, a web server and relays to a real echo server."""
 
-    def __init__(self, ehco, tmp_path, echo_port: int, labels=("lbl",)):
+    def __init__(self, ehco, tmp_path, echo_port: int, labels=("lbl",), extra=None):
         self.web = f"http://{LOOPBACK}:{free_port()}"
         self.ports = {label: free_port() for label in labels}
         self.echo_port = echo_port
         self.path = tmp_path / "config.json"
+        self.extra = extra or {}
         self.write(labels)
         self.proc = ehco("-c", self.path, "--workers", WORKERS)
         self.proc.wait_log("Start Web Server at")
@@ -46,7 +47,7 @@ class Node:
         write_config(self.path.parent, {
             "web_host": LOOPBACK, "web_port": int(self.web.rsplit(":", 1)[1]),
             "enable_ping": False, "log_level": "debug",
-            "relay_configs": [self.relay(label) for label in labels]})
+            "relay_configs": [self.relay(label) for label in labels], **self.extra})
 
     def get(self, path: str) -> requests.Response:
         resp = requests.get(self.web + path, timeout=10)
@@ -105,7 +106,7 @@ def wait_until(check, what: str, timeout: float = 15.0):
 
 @pytest.fixture
 def node(ehco, tmp_path, echo_server):
-    return lambda labels=("lbl",): Node(ehco, tmp_path, echo_server.port, labels)
+    return lambda labels=("lbl",), **extra: Node(ehco, tmp_path, echo_server.port, labels, extra)
 
 
 def test_200_connections_intact_metrics_exact_and_every_workers_connections_listed(node):
@@ -146,6 +147,26 @@ def test_200_connections_intact_metrics_exact_and_every_workers_connections_list
         conn.close()
     wait_until(lambda: n.get("/api/v1/connections/?conn_type=active").json()["active_count"] == 0,
                "every connection closed")
+
+
+def test_the_proxy_server_runs_in_the_supervisor_beside_the_workers_relays(node):
+    from ..proxy.helpers import socks5_connect
+
+    socks = free_port()
+    n = node(xray_config={"inbounds": [{"listen": LOOPBACK, "port": socks, "protocol": "socks",
+                                        "tag": "socks_in"}],
+                          "outbounds": [{"protocol": "freedom"}]})
+    wait_port(socks)
+    owners = n.hold_in_every_worker()
+    proxied = socks5_connect(socks, LOOPBACK, n.echo_port)
+    assert echoes(proxied, b"through the proxy")
+    rows = n.active()
+    row = rows["%s:%d" % proxied.getsockname()]
+    assert row["id"] % (WORKERS + 1) == 0  # the supervisor's own connection, listed with theirs
+    assert len(rows) == len(owners) + 1
+    proxied.close()
+    for conn in owners:
+        conn.close()
 
 
 def test_sighup_removing_a_relay_closes_it_in_every_worker_and_keeps_its_connections(node):
