@@ -121,3 +121,14 @@ def test_remote_rows_of_the_workers_merge_into_one_per_remote():
     view = MergedBalancer([a, b])
     assert view.up_states() == [("a:1", True), ("b:2", False)]
     assert [s.last_dial_ms for s in view.states] == [4.0, None]
+
+
+def test_a_reload_asking_for_another_number_of_workers_says_it_needs_a_restart(caplog):
+    from ehco_gevent.config import parse_config
+    from ehco_gevent.workers.supervisor import WorkersService
+
+    service = WorkersService(SimpleNamespace(count=2))
+    service.on_config(parse_config({"workers": 2})[0])
+    assert caplog.records == []
+    service.on_config(parse_config({"workers": 3})[0])
+    assert "the config asks for 3; 2 keep running until ehco restarts" in caplog.text
