@@ -9,8 +9,9 @@ TCP connections (and, by the 4-tuple hash, each UDP client's datagrams) over the
 - :mod:`.channel`: the length-prefixed messages between the two, as plain functions, and the
   request/reply peer over one socketpair per worker;
 - :mod:`.worker`: the worker process (``python -m ehco_gevent.workers``);
-- :mod:`.supervisor`: spawning, restarting and reloading the workers, and the registry view
-  that sums their counters for the metrics and the web pages.
+- :mod:`.supervisor`: spawning, restarting and reloading the workers;
+- :mod:`.cluster`: the workers read as one node (counters summed, connections joined, remote
+  state merged) for the metrics and the web pages.
 
 This module imports nothing heavy: the config and the command line use :func:`parse_workers`.
 """

@@ -1,4 +1,4 @@
-"""The supervisor's parts: counter sums as plain functions, then a WorkerPool run in this
+"""The supervisor's parts: error and exit descriptions, then a WorkerPool run in this
 process with real worker processes behind it (its greenlets are gevent's own, so the test
 process needs no monkey patching)."""
 
@@ -15,18 +15,10 @@ from ehco_gevent.addresses import ListenError
 from ehco_gevent.config import ConfigError, RelayConfig
 from ehco_gevent.connections import ConnectionRegistry
 from ehco_gevent.workers.channel import RemoteError
-from ehco_gevent.workers.supervisor import (MergedBalancer, WorkerFailure, add_into,
-                                            become_supervisor, describe_exit, local_error,
-                                            merge_applied, merge_remote_rows, sum_counters)
+from ehco_gevent.workers.supervisor import (WorkerFailure, become_supervisor, describe_exit,
+                                            local_error)
 
 from ..support import LOOPBACK, free_port
-
-
-def test_counters_add_per_key_and_per_position():
-    totals = sum_counters([{("a", "tcp"): [1, 2]}, {("a", "tcp"): [10, 20], ("b", "udp"): [5, 0]},
-                           {}])
-    assert totals == {("a", "tcp"): [11, 22], ("b", "udp"): [5, 0]}
-    assert add_into({"x": 1}, {"x": 2, "y": 3}) == {"x": 3, "y": 3}
 
 
 def test_a_workers_error_becomes_the_error_one_process_raises():
@@ -88,39 +80,6 @@ def test_close_reaches_the_worker_that_holds_the_connection(pool, echo_server):
         gevent.sleep(0.05)
     assert app.registry.totals()[remote] == expected
     assert len(app.registry.closed) == len(conns)
-
-
-def test_a_reload_failed_where_any_worker_failed():
-    from ehco_gevent.server import Applied
-
-    one = Applied(started=["a", "b"], stopped=["old"], kept=2)
-    two = Applied(started=["a"], stopped=["old"], kept=2,
-                  failed={"b": "cannot listen on 127.0.0.1:7001: address already in use"})
-    merged = merge_applied([one, two])
-    assert (merged.started, merged.stopped, merged.kept) == (["a"], ["old"], 2)
-    assert merged.failed == {"b": "cannot listen on 127.0.0.1:7001: address already in use"}
-    assert merge_applied([]).summary() == "kept 0"
-
-
-def test_remote_rows_of_the_workers_merge_into_one_per_remote():
-    def row(remote, up=True, **kw):
-        return {"remote": remote, "up": up, "reason": "" if up else "refused 3 times",
-                "health_check": "up", "down_for_s": 0.0, "open_connections": 1, "dials": 2,
-                "dial_failures": 0, "last_dial_ms": 1.5, "last_error": "", "last_change": None,
-                **kw}
-
-    worker1 = [row("a:1"), row("b:2", last_dial_ms=None)]
-    worker2 = [row("a:1", last_dial_ms=4.0, last_change=100.0),
-               row("b:2", up=False, down_for_s=7.5, dial_failures=3, last_change=90.0,
-                   last_error="connection refused", last_dial_ms=None)]
-    a, b = merge_remote_rows([worker1, worker2])
-    assert (a["up"], a["open_connections"], a["dials"], a["last_dial_ms"]) == (True, 2, 4, 4.0)
-    assert (b["up"], b["reason"], b["down_for_s"], b["dial_failures"]) == (
-        False, "refused 3 times", 7.5, 3)
-    assert (b["last_error"], b["last_dial_ms"]) == ("connection refused", None)
-    view = MergedBalancer([a, b])
-    assert view.up_states() == [("a:1", True), ("b:2", False)]
-    assert [s.last_dial_ms for s in view.states] == [4.0, None]
 
 
 def test_a_reload_asking_for_another_number_of_workers_says_it_needs_a_restart(caplog):
