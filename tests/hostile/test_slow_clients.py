@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import requests
 
 from ehco_gevent.transports import websocket as wsproto
@@ -160,13 +161,16 @@ def test_slow_trojan_and_shadowsocks_clients_and_a_junk_flood(ehco, tmp_path):
     proc.wait_log("junk flood (over 1048576 bytes no key opens), connection closed")
 
 
-def test_slow_ws_upgrades_are_closed_at_the_handshake_deadline(ehco, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_slow_ws_upgrades_are_closed_at_the_handshake_deadline(ehco, tmp_path, workers):
     """ws_handshake_timeout bounds the whole upgrade: clients trickling their request are
-    closed, while a tunnel through the same listener keeps working."""
+    closed, while a tunnel through the same listener keeps working (with worker processes
+    too: the supervisor hands them the config's limits)."""
     n = size(20, 100)
     echo = EchoServer()
     port = free_port()
     cfg = {"log_level": "debug", "enable_ping": False, "ws_handshake_timeout": DEADLINE,
+           "workers": workers,
            "relay_configs": [{"listen": f"{LOOPBACK}:{port}", "label": "wsin", "listen_type": "ws",
                               "tcp_remotes": [f"{LOOPBACK}:{echo.port}"]}]}
     proc = ehco("-c", write_config(tmp_path, cfg))
