@@ -84,6 +84,7 @@ def test_mwss_restarts_leave_no_fd_or_greenlet_behind(ehco, tmp_path):
         for p in (b1, b2, a_port, a_web, b_web):
             wait_port(p)
         probe_1k(a_port)
+        greenlets(a_web), greenlets(b_web)  # a first scrape may start greenlets of its own
         start = {"a": (fds(proc_a), greenlets(a_web)), "b": (fds(proc_b), greenlets(b_web))}
         for i in range(1, reloads + 1):
             relay["tcp_remotes"] = [f"wss://{LOOPBACK}:{b2 if i % 2 else b1}"]
