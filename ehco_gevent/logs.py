@@ -18,3 +18,28 @@ def setup(level: str) -> None:
         root.addHandler(handler)
         setup._done = True  # type: ignore[attr-defined]
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
+
+
+class Throttle:
+    """At most one log line per ``interval`` seconds for one kind of event (a flood of bad
+    handshakes must not flood the log); the next line says how many were left out."""
+
+    def __init__(self, interval: float = 1.0):
+        import time
+
+        self._clock = time.monotonic
+        self.interval = interval
+        self._next = 0.0
+        self.suppressed = 0
+
+    def __call__(self, logger: logging.Logger, level: int, msg: str, *args) -> None:
+        now = self._clock()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        self._next = now + self.interval
+        if self.suppressed:
+            msg += " (%d similar lines left out)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        logger.log(level, msg, *args)
