@@ -243,3 +243,76 @@ def test_reload_changing_balancing_keys_keeps_open_connections(ehco, echo_server
     wait_port(entry)
     # the new settings are live: the echo server now sees a v1 header first
     assert roundtrip(entry, b"x").startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+
+
+def test_a_bad_balancing_key_exits_2_naming_file_relay_and_key(tmp_path):
+    from .test_cli import assert_clean_failure, run_ehco
+
+    cfg = write_config(tmp_path, {"relay_configs": [{
+        "listen": f"{LO}:1", "label": "lb", "tcp_remotes": [f"{LO}:2"],
+        "health_check": {"interval": -1}}]})
+    assert_clean_failure(run_ehco("-c", cfg), 2, str(cfg), "relay_configs[0] (label 'lb')",
+                         "health_check: interval")
+
+
+def test_ws_health_check_fails_a_remote_that_never_answers_the_upgrade(ehco, tmp_path):
+    """The probe is the tunnel's own dial: TCP connects to the silent remote, the upgrade gets
+    no answer, the check fails; an mwss exit that works stays up (a stream on its session)."""
+    echo = EchoServer()
+    silent = socket.create_server((LO, 0), backlog=64)
+    exit_port, ws_entry, mwss_entry, web = (free_port() for _ in range(4))
+    try:
+        exits = write_config(tmp_path, {"relay_configs": [
+            {"listen": f"{LO}:{exit_port}", "listen_type": "mwss", "label": "exit",
+             "tcp_remotes": [f"{LO}:{echo.port}"]}]}, "exit.json")
+        ehco("-c", exits).wait_log("tcp listening on")
+        check = {"interval": 0.2, "timeout": 0.5, "rise": 1, "fall": 1}
+        silent_remote = f"ws://{LO}:{silent.getsockname()[1]}"
+        cfg = write_config(tmp_path, {"web_port": web, "enable_ping": False, "relay_configs": [
+            {"listen": f"{LO}:{ws_entry}", "label": "ws", "transport_type": "ws",
+             "tcp_remotes": [silent_remote], "health_check": check},
+            {"listen": f"{LO}:{mwss_entry}", "label": "mwss", "transport_type": "mwss",
+             "tcp_remotes": [f"wss://{LO}:{exit_port}"], "health_check": check}]})
+        proc = ehco("-c", cfg)
+        proc.wait_log(f"relay ws: tcp remote {silent_remote} is down: health check failed "
+                      "1 time(s): no answer within 0.5 s")
+        relays = {r["label"]: r for r in get_json(web, "/api/v1/relays/")["relays"]}
+        assert relays["ws"]["tcp_remotes"][0]["up"] is False
+        assert relays["mwss"]["tcp_remotes"][0]["up"] is True
+        assert relays["mwss"]["health_check"] == check
+        assert roundtrip(mwss_entry, b"still fine") == b"still fine"
+        assert "relay mwss: tcp remote" not in proc.log  # never a transition: never a line
+    finally:
+        silent.close()
+        echo.close()
+
+
+def test_udp_sessions_follow_the_strategy_and_skip_an_unreachable_remote(ehco, tmp_path):
+    """failover over two UDP remotes whose first has no listener: the ICMP unreachable marks
+    it down and ends the session; the client's retry is answered by the second."""
+    from .support import UDPEchoServer, free_tcp_udp_port
+
+    echo = UDPEchoServer()
+    dead = free_port(socket.SOCK_DGRAM)
+    entry = free_tcp_udp_port()
+    try:
+        cfg = write_config(tmp_path, {"relay_configs": [{
+            "listen": f"{LO}:{entry}", "label": "u", "lb_strategy": "failover",
+            "udp_remotes": [f"{LO}:{dead}", f"{LO}:{echo.port}"]}]})
+        proc = ehco("-c", cfg)
+        proc.wait_log("udp listening on")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(0.5)
+            answer = None
+            for attempt in range(20):  # a UDP client retries; count the tries, not the time
+                client.sendto(b"dns? %d" % attempt, (LO, entry))
+                try:
+                    answer = client.recvfrom(100)[0]
+                    break
+                except socket.timeout:
+                    continue
+            assert answer is not None and answer.startswith(b"dns?")
+        proc.wait_log(f"relay u: udp remote {LO}:{dead} is down")
+        assert len(echo.clients) == 1
+    finally:
+        echo.close()
