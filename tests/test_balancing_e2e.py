@@ -85,8 +85,8 @@ def test_refusing_and_silent_remotes_cost_no_connection_and_come_back(ehco, tmp_
         remotes = [f"ws://{LO}:{p}" for p in (pa, pb, pc)]
         cfg = write_config(tmp_path, {"web_port": web, "enable_ping": False, "relay_configs": [{
             "listen": f"{LO}:{entry}", "label": "three", "transport_type": "ws",
-            "tcp_remotes": remotes, "max_fails": 1, "fail_timeout": 1,
-            "dial_timeout": 1.5}]})
+            "tcp_remotes": remotes, "max_fails": 1, "fail_timeout": 2,
+            "dial_timeout": 6}]})  # a 2 s slice per attempt: roomy for A on a loaded machine
         proc = ehco("-c", cfg)
         proc.wait_log("tcp listening on")
         assert served(entry, 300) == 300
@@ -105,7 +105,7 @@ def test_refusing_and_silent_remotes_cost_no_connection_and_come_back(ehco, tmp_
                               "exit2.json")
         ehco("-c", exits2).wait_log("tcp listening on")
         wait_port(pb)
-        time.sleep(1.2)  # past fail_timeout: B and C are candidates again
+        time.sleep(2.2)  # past fail_timeout: B and C are candidates again
         assert served(entry, 30, workers=1) == 30
         assert echo_b.accepted > 0 and echo_c.accepted > 0
         proc.wait_log(f"tcp remote ws://{LO}:{pc} is up: dial succeeded")
