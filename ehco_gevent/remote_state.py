@@ -1,6 +1,6 @@
 """The remotes' state made visible: ``/api/v1/relays/`` (JSON) and the Prometheus series
 ``ehco_gevent_remote_up{label,remote}`` (1 up, 0 down) and
-``ehco_gevent_remote_last_dial_ms{label,remote}`` (the last successful dial), next to the
+``ehco_gevent_remote_last_dial_seconds{label,remote}`` (the last successful dial), next to the
 per-remote ``ehco_gevent_dial_failures{remote}`` and ``ehco_traffic_handshake_duration{remote}``
 that the metrics module keeps. The figures are read from each running relay's balancer at
 request time; nothing is recorded per connection here.
@@ -53,8 +53,8 @@ class RemoteCollector:
         up = GaugeMetricFamily("ehco_gevent_remote_up",
                                "1 when the remote is up (health checks and passive failover), "
                                "0 when it is skipped", labels=["label", "remote"])
-        last = GaugeMetricFamily("ehco_gevent_remote_last_dial_ms",
-                                 "milliseconds of the last successful dial to the remote",
+        last = GaugeMetricFamily("ehco_gevent_remote_last_dial_seconds",
+                                 "seconds the last successful dial to the remote took",
                                  labels=["label", "remote"])
         for label, relay in list(self.app.relays.relays.items()):
             seen = set()  # a UDP remote at a TCP remote's address is shown once, as the TCP one
@@ -67,7 +67,7 @@ class RemoteCollector:
                     seen.add(address)
                     up.add_metric([label, address], 1 if is_up else 0)
                     if state.last_dial_ms is not None:
-                        last.add_metric([label, address], state.last_dial_ms)
+                        last.add_metric([label, address], state.last_dial_ms / 1000)
         yield up
         yield last
 
