@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import (EchoServer, LoggedProcess, free_port, require_program, wait_port,
+from ..support import (LoggedProcess, free_port, require_program, wait_port,
                        write_config)
 
 LO = "127.0.0.1"
