@@ -109,7 +109,7 @@ class Relay:
         self.started_at = 0.0
         #: accept_proxy_from as networks; None = every source may send a header
         self.proxy_from = ([ipaddress.ip_network(c, strict=False) for c in cfg.accept_proxy_from]
-                           if cfg.accept_proxy_from else None)
+                           if cfg.accept_proxy and cfg.accept_proxy_from else None)
         self.send_proxy = {"v1": 1, "v2": 2}.get(cfg.send_proxy, 0)
         self._refusals = Throttle()
 
