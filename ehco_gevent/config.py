@@ -248,6 +248,11 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
         raise check.fail(where, "tcp_remotes/udp_remotes", "both are empty; give at least one remote")
     ws_frames = check.typed(data, "ws_frames", bool, where, False)
     extra = parse_balancing(data, check, where, warnings)
+    if not remotes["tcp_remotes"]:
+        for key in ("health_check", "send_proxy", "accept_proxy"):
+            if extra[key]:
+                warnings.append(f"config {check.source}: {where}: {key} applies to TCP and is "
+                                "ignored on a relay without tcp_remotes")
     if not label:
         label = default_label(listen, types["listen_type"], remotes["tcp_remotes"],
                               remotes["udp_remotes"], types["transport_type"])

@@ -45,6 +45,10 @@ def test_balancing_and_proxy_keys_defaults_and_values():
     _, warnings = parse_config({"relay_configs": [relay(accept_proxy_from=["10.0.0.0/8"])]}, "c")
     assert warnings == ["config c: relay_configs[0]: accept_proxy_from is ignored without "
                         "accept_proxy: true"]
+    _, warnings = parse_config({"relay_configs": [relay(tcp_remotes=[], udp_remotes=["h:1"],
+                                                        send_proxy="v1")]}, "c")
+    assert warnings == ["config c: relay_configs[0]: send_proxy applies to TCP and is ignored "
+                        "on a relay without tcp_remotes"]
 
 
 def test_an_ehco_relay_reads_back_without_new_keys():
