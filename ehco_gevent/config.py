@@ -250,7 +250,7 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
     extra = parse_balancing(data, check, where, warnings)
     if not remotes["tcp_remotes"]:
         for key in ("health_check", "send_proxy", "accept_proxy"):
-            if extra[key]:
+            if extra.get(key):
                 warnings.append(f"config {check.source}: {where}: {key} applies to TCP and is "
                                 "ignored on a relay without tcp_remotes")
     if not label:
