@@ -270,6 +270,8 @@ def _number(check: _Checker, data: dict, key: str, where: str, default: float,
     if isinstance(value, bool) or not isinstance(value, kinds):
         want = "a whole number" if integer else "a number of seconds"
         raise check.fail(where, key, f"expected {want}, got {json.dumps(value)[:60]}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise check.fail(where, key, f"must be a finite number, got {value}")
     if value < minimum or (not integer and value <= 0):
         bound = f"at least {minimum:g}" if integer else "greater than 0"
         raise check.fail(where, key, f"must be {bound}, got {value}")

@@ -83,6 +83,7 @@ def test_default_label_is_ehco_format():
     (relay(max_fails=1.5), ["max_fails", "whole number"]),
     (relay(fail_timeout=-1), ["fail_timeout", "greater than 0"]),
     (relay(dial_timeout="3s"), ["dial_timeout", "number of seconds"]),
+    (relay(fail_timeout=float("nan")), ["fail_timeout", "finite"]),
     (relay(health_check=[1]), ["health_check", "expected an object"]),
     (relay(health_check={"interval": 0}), ["health_check: interval", "greater than 0"]),
     (relay(health_check={"fall": True}), ["health_check: fall", "whole number"]),
@@ -190,6 +191,14 @@ relay_like = st.fixed_dictionaries({}, optional={
     "tcp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "ws://h:2", ""]), max_size=3) | json_values,
     "udp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "h"]), max_size=2) | json_values,
     "label": st.sampled_from(["a", "b", ""]) | json_values,
+    "lb_strategy": st.sampled_from(["ip_hash", "failover", "x"]) | json_values,
+    "max_fails": json_values, "fail_timeout": json_values, "dial_timeout": json_values,
+    "health_check": st.dictionaries(st.sampled_from(["interval", "timeout", "rise", "fall", "x"]),
+                                    json_values, max_size=3) | json_values,
+    "send_proxy": st.sampled_from(["v1", "v2", "v3"]) | json_values,
+    "accept_proxy": json_values,
+    "accept_proxy_from": st.lists(st.sampled_from(["10.0.0.0/8", "::1", "bad/99"]),
+                                  max_size=2) | json_values,
 })
 
 
