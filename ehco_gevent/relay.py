@@ -35,7 +35,7 @@ from .balancer import Balancer
 from .config import RelayConfig
 from .connections import ConnectionRegistry
 from .health import HealthChecker
-from .logs import Throttle
+from .logs import RateLimitedLogger
 from .pump import pump
 from .transports import make_dialer, make_inbound
 from .transports import proxy_protocol
@@ -43,6 +43,8 @@ from .transports.streams import SocketStream
 from .udp import UDPRelay
 
 log = logging.getLogger("ehco.relay")
+#: refusals a peer can repeat at will (PROXY headers): one line per relay and cause per 10 s
+limited = RateLimitedLogger(log)
 
 _TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -112,7 +114,6 @@ class Relay:
         self.proxy_from = ([ipaddress.ip_network(c, strict=False) for c in cfg.accept_proxy_from]
                            if cfg.accept_proxy and cfg.accept_proxy_from else None)
         self.send_proxy = {"v1": 1, "v2": 2}.get(cfg.send_proxy, 0)
-        self._refusals = Throttle()
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -184,8 +185,8 @@ class Relay:
     def _handle_tcp(self, sock, address) -> None:
         client = format_addr(address)
         if self.proxy_from is not None and not in_networks(address[0], self.proxy_from):
-            self._refusals(log, logging.WARNING, "relay %s: closed connection from %s: not in "
-                           "accept_proxy_from", self.label, client)
+            limited.warning((self.label, "accept_proxy_from"), "relay %s: closed connection from "
+                            "%s: not in accept_proxy_from", self.label, client)
             sock.close()
             return
         outer = None
@@ -281,8 +282,9 @@ class Relay:
         except proxy_protocol.EmptyConnection:
             log.debug("relay %s: %s closed before sending a PROXY header", self.label, client)
         except proxy_protocol.ProxyProtocolError as exc:
-            self._refusals(log, logging.WARNING, "relay %s: closed connection from %s: bad "
-                           "PROXY header: %s", self.label, client, exc)
+            limited.warning((self.label, "PROXY header", proxy_protocol.cause(exc)),
+                            "relay %s: closed connection from %s: bad PROXY header: %s",
+                            self.label, client, exc)
         except OSError as exc:
             log.debug("relay %s: reading the PROXY header from %s failed: %s", self.label,
                       client, exc)

@@ -18,8 +18,7 @@ from gevent.server import StreamServer
 
 from ..addresses import ListenError, bind_socket, format_addr
 from ..config import Config, ConfigError
-from ..logs import Throttle
-from ..relay import PROXY_HEADER_TIMEOUT, _Server
+from ..relay import PROXY_HEADER_TIMEOUT, _Server, limited
 from ..transports import proxy_protocol
 from ..transports.streams import SocketStream
 from .common import Context
@@ -61,7 +60,6 @@ class InboundServer:
         self.udp = None
         self.extra: Any = None  # protocol state (TLS context, socks UDP relay)
         self._handler = _load(TCP_HANDLERS[inbound.protocol])
-        self._refusals = Throttle()
 
     @property
     def inbound(self) -> Inbound:
@@ -123,8 +121,9 @@ class InboundServer:
         except proxy_protocol.EmptyConnection:
             log.debug("proxy %s: %s closed before sending a PROXY header", self.ctx.name, client)
         except proxy_protocol.ProxyProtocolError as exc:
-            self._refusals(log, logging.WARNING, "proxy %s: closed connection from %s: bad "
-                           "PROXY header: %s", self.ctx.name, client, exc)
+            limited.warning((self.ctx.name, "PROXY header", proxy_protocol.cause(exc)),
+                            "proxy %s: closed connection from %s: bad PROXY header: %s",
+                            self.ctx.name, client, exc)
         return None
 
     def update(self, inbound: Inbound) -> None:
