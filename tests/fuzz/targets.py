@@ -16,7 +16,7 @@ from typing import Callable
 
 from ehco_gevent.proxy import aead, http_proxy, socks, trojan
 from ehco_gevent.proxy.addr import AddressError, parse_address
-from ehco_gevent.transports import smux, websocket
+from ehco_gevent.transports import proxy_protocol, smux, websocket
 
 
 def _split(data: bytes) -> tuple[bytes, bytes, bytes]:
@@ -130,6 +130,17 @@ def trojan_request(data: bytes) -> None:
         pass
 
 
+def proxy_protocol_header(data: bytes) -> None:
+    """The PROXY protocol v1/v2 header an ``accept_proxy`` listener reads first: ``missing``
+    says how much more is needed (or refuses at once), ``parse`` reads a whole one."""
+    try:
+        if proxy_protocol.missing(data) == 0:
+            header, used = proxy_protocol.parse(data)
+            assert 0 < used <= len(data)
+    except proxy_protocol.ProxyProtocolError:
+        pass
+
+
 _CIPHER = aead.CIPHERS["aes-128-gcm"]
 _KEY = aead.master_key(_CIPHER, "fuzz")
 _SALT = bytes(range(16))
@@ -189,6 +200,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "http_proxy_head": http_proxy_head,
     "trojan_request": trojan_request,
     "shadowsocks_chunks": shadowsocks_chunks,
+    "proxy_protocol_header": proxy_protocol_header,
 }
 
 
