@@ -1,14 +1,21 @@
 """Moving bytes both ways between two streams until both directions are done.
 
 Zero copy is the main lever Python has on throughput: when both ends are plain TCP sockets on
-Linux, each direction moves data with ``os.splice`` through its own pipe, so payload bytes never
+Linux, each direction moves data with ``os.splice`` through a pipe, so payload bytes never
 enter the interpreter. Everything else (TLS, smux, WebSocket frames, or a platform without
-splice) goes through a ``recv_into``/``sendall`` loop over one reused buffer.
+splice) goes through a ``recv_into``/``sendall`` loop.
+
+What a connection holds is what it is moving: a direction takes a pipe (or a read buffer) from
+a process-wide pool when its source has data and gives it back, empty, when the source runs
+dry, so an idle relayed connection holds its two sockets and nothing else (as a Go relay
+does). The calling greenlet carries one direction itself; only the other gets a greenlet.
 
 Both paths are non-blocking at the fd level and wait on the gevent hub, so one connection never
-stalls the others. Half-close is kept: when one side finishes sending, the other side's write
-half is shut down and the opposite direction goes on until it finishes too. An error in either
-direction (reset, broken pipe) ends both.
+stalls the others, and neither loops for more than :data:`FAIR_SHARE` bytes without letting the
+hub run (a source that always has data would otherwise starve every other connection).
+Half-close is kept: when one side finishes sending, the other side's write half is shut down
+and the opposite direction goes on until it finishes too. An error in either direction (reset,
+broken pipe) ends both.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import gevent
 from gevent.hub import get_hub
 from gevent.monkey import get_original
 
+from .transports.streams import buffers
+
 # The plain close: gevent's monkey-patched os.close defers closing to the loop's next
 # iteration, which on an idle hub keeps a finished connection's pipes open until the next
 # event. Our pipes have no watchers left when they are closed, so the deferral buys nothing.
@@ -36,6 +45,10 @@ log = logging.getLogger("ehco.pump")
 COPY_BUFFER_MIN = 16 * 1024
 COPY_BUFFER_MAX = 256 * 1024
 PIPE_SIZE = 1 << 20
+#: bytes a direction may move without letting the hub run (then it yields once)
+FAIR_SHARE = 1 << 20
+#: empty pipes kept for reuse (2 fds each); more are closed when given back
+PIPES_KEEP = 64
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 HAVE_SPLICE = hasattr(os, "splice")
@@ -67,23 +80,81 @@ def _open_pipe() -> tuple[int, int, int]:
     return r, w, size
 
 
+class PipePool:
+    """Empty splice pipes, reused across connections.
+
+    Making and resizing a pipe is three syscalls and two fds; a direction only needs one while
+    it moves data. A pipe comes back here only when it is empty (anything else is closed), and
+    a pool inherited across ``fork`` is dropped, never shared between processes.
+    """
+
+    def __init__(self, keep: int = PIPES_KEEP):
+        self.keep = keep
+        self._free: list[tuple[int, int, int]] = []
+        self._pid = os.getpid()
+
+    def take(self) -> tuple[int, int, int]:
+        if self._pid != os.getpid():
+            self.clear()
+            self._pid = os.getpid()
+        if self._free:
+            return self._free.pop()
+        return _open_pipe()
+
+    def give(self, pipe: tuple[int, int, int]) -> None:
+        if len(self._free) < self.keep and self._pid == os.getpid():
+            self._free.append(pipe)
+        else:
+            _close_pipe(pipe)
+
+    def clear(self) -> None:
+        free, self._free = self._free, []
+        for pipe in free:
+            _close_pipe(pipe)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def fds(self) -> set[int]:
+        """The fds of the spare pipes (tests tell them from leaked ones)."""
+        return {fd for r, w, _ in self._free for fd in (r, w)}
+
+
+def _close_pipe(pipe: tuple[int, int, int]) -> None:
+    _close_fd(pipe[0])
+    _close_fd(pipe[1])
+
+
+#: the process's spare pipes (one hub per process: no locking needed)
+pipes = PipePool()
+
+
 def splice_loop(src_fd: int, dst_fd: int, count: Counter) -> None:
     """Move bytes from src to dst through a pipe until src reaches EOF.
 
     The pipe is drained completely after every fill, so an EAGAIN on the fill can only mean
-    the source socket has nothing to read yet.
+    the source socket has nothing to read yet: then the (empty) pipe goes back to the pool
+    and the direction waits holding nothing but its watcher.
     """
     hub = get_hub()
-    r, w, size = _open_pipe()
     read_watcher = hub.loop.io(src_fd, 1)
-    write_watcher = hub.loop.io(dst_fd, 2)
+    write_watcher = None
+    pipe = None
+    full = False  # the pipe holds bytes: it must not go back to the pool
     moved_any = False
+    budget = FAIR_SHARE
     try:
         while True:
+            if pipe is None:
+                pipe = pipes.take()
+            r, w, size = pipe
             try:
                 n = os.splice(src_fd, w, size, flags=_SPLICE_FLAGS)
             except BlockingIOError:
+                pipes.give(pipe)
+                pipe = None
                 hub.wait(read_watcher)
+                budget = FAIR_SHARE
                 continue
             except OSError as exc:
                 if not moved_any and exc.errno in _NO_SPLICE:
@@ -92,35 +163,74 @@ def splice_loop(src_fd: int, dst_fd: int, count: Counter) -> None:
             if n == 0:
                 return
             moved_any = True
+            full = True
             left = n
             while left:
                 try:
                     left -= os.splice(r, dst_fd, left, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
+                    if write_watcher is None:
+                        write_watcher = hub.loop.io(dst_fd, 2)
                     hub.wait(write_watcher)
+                    budget = FAIR_SHARE
+            full = False
             count(n)
+            budget -= n
+            if budget <= 0:  # the source keeps having data: let the others run
+                gevent.sleep(0)
+                budget = FAIR_SHARE
     finally:
         read_watcher.close()
-        write_watcher.close()
-        _close_fd(r)
-        _close_fd(w)
+        if write_watcher is not None:
+            write_watcher.close()
+        if pipe is not None:
+            if full:
+                _close_pipe(pipe)
+            else:
+                pipes.give(pipe)
 
 
 def copy_loop(src, dst, count: Counter) -> None:
-    """Move bytes with recv_into/sendall over one reused buffer until src reaches EOF."""
+    """Move bytes with recv_into/sendall until src reaches EOF.
+
+    The buffer starts at COPY_BUFFER_MIN and grows while reads fill it (bulk transfers then make
+    fewer, larger writes: through smux or TLS that is most of the cost). With a source that can
+    say when it is readable, the buffer is taken for the burst and given back when a read comes
+    back short (the source ran dry), so an idle direction holds none.
+    """
+    wait = getattr(src, "wait_readable", None)
     size = COPY_BUFFER_MIN
-    buf = bytearray(size)
-    view = memoryview(buf)
-    while True:
-        n = src.recv_into(buf)
-        if not n:
-            return
-        dst.sendall(view[:n])
-        count(n)
-        if n == size and size < COPY_BUFFER_MAX:
-            size *= 4
-            buf = bytearray(size)
-            view = memoryview(buf)
+    buf = None
+    budget = FAIR_SHARE
+    try:
+        while True:
+            if buf is None:
+                if wait is not None:
+                    wait()
+                buf = buffers.take(size)
+            n = src.recv_into(buf)
+            if not n:
+                return
+            with memoryview(buf) as view:
+                dst.sendall(view[:n])
+            count(n)
+            if n == size:
+                if size < COPY_BUFFER_MAX:
+                    buffers.give(buf)
+                    size *= 4
+                    buf = buffers.take(size)
+            elif wait is not None:
+                buffers.give(buf)
+                buf = None
+                budget = FAIR_SHARE
+                continue
+            budget -= n
+            if budget <= 0:  # the source keeps having data: let the others run
+                gevent.sleep(0)
+                budget = FAIR_SHARE
+    finally:
+        if buf is not None:
+            buffers.give(buf)
 
 
 def one_direction(src, dst, count: Counter) -> None:
@@ -151,21 +261,39 @@ def _guarded(src, dst, count: Counter) -> Exception | None:
     return None
 
 
+class _OtherDirectionFailed(Exception):
+    """Thrown into the caller's direction when the spawned one broke (reset, broken pipe)."""
+
+
 def pump(a, b, count_ab: Counter, count_ba: Counter) -> None:
     """Relay a<->b until both directions are done (or either breaks), then close both.
 
-    Blocks the calling greenlet; killing it stops both directions and still closes both
-    streams, which is how a relay drops a connection on purpose.
+    Blocks the calling greenlet, which carries a->b itself while one spawned greenlet carries
+    b->a; killing the caller stops both directions and still closes both streams, which is
+    how a relay drops a connection on purpose.
     """
-    forward = gevent.spawn(_guarded, a, b, count_ab)
+    caller = gevent.getcurrent()
+    forward_running = True
+
+    def backward_done(glet) -> None:  # runs in the hub, while the caller is parked
+        if forward_running and glet.value is not None:
+            caller.throw(_OtherDirectionFailed(glet.value))
+
     backward = gevent.spawn(_guarded, b, a, count_ba)
+    backward.rawlink(backward_done)
     try:
-        for done in gevent.iwait((forward, backward)):
-            exc = done.value
-            if exc is not None:
-                log.debug("pump %r <-> %r ended on %s: %s", a, b, type(exc).__name__, exc)
-                break
+        exc = _guarded(a, b, count_ab)
+        forward_running = False
+        if isinstance(exc, _OtherDirectionFailed):
+            exc = exc.args[0]
+        elif exc is None:
+            backward.join()
+            exc = backward.value
+        if exc is not None:
+            log.debug("pump %r <-> %r ended on %s: %s", a, b, type(exc).__name__, exc)
     finally:
-        gevent.killall((forward, backward))
+        forward_running = False
+        if not backward.dead:
+            backward.kill()
         a.close()
         b.close()
