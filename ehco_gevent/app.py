@@ -197,15 +197,21 @@ class App:
 
 
 def raise_fd_limit() -> None:
-    """A relay holds two sockets (and two pipes when splicing) per connection: take the
-    hard limit, as the systemd unit's LimitNOFILE=65535 would."""
+    """Take the hard open-files limit as the soft one, as every Go 1.19+ program does at start
+    (so ehco users never had to raise it): an idle relayed connection holds two sockets, and
+    the usual soft default of 1024 would stop a node at ~500 clients. The limit in force is
+    logged at debug level."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = hard if hard != resource.RLIM_INFINITY else 65535
-        if soft < want:
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            want = soft
+        else:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ValueError, OSError):
-        pass
+        log.debug("open files limit: %s (was %s, hard limit %s)", want, soft,
+                  "unlimited" if hard == resource.RLIM_INFINITY else hard)
+    except (ValueError, OSError) as exc:
+        log.debug("open files limit: could not raise it: %s", exc)
 
 
 def run(opts: dict[str, Any]) -> int:

@@ -397,7 +397,7 @@ def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path, echo_s
     try:
         wait_port(port)
         hogs = []
-        for _ in range(limit):  # each relayed connection holds 2 sockets + 4 pipe fds
+        for _ in range(limit):  # each relayed connection holds 2 sockets (and a pipe while moving data)
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             hogs.append(s)
         proc.wait_log("pausing accepts")
