@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,47 +20,7 @@ HELD = 9000
 HARD = 20000
 SOFT = 1024
 
-#: an echo server in a process of its own, holding every connection it accepts; it prints
-#: its port, then how many connections it holds whenever asked on stdin
-ECHO_HOLD = r"""
-import resource, selectors, socket, sys
-resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-sel = selectors.DefaultSelector()
-lsock = socket.socket()
-lsock.bind(("127.0.0.1", 0))
-lsock.listen(4096)
-lsock.setblocking(False)
-sel.register(lsock, selectors.EVENT_READ)
-sel.register(sys.stdin, selectors.EVENT_READ)
-print(lsock.getsockname()[1], flush=True)
-held = 0
-while True:
-    for key, _ in sel.select():
-        if key.fileobj is lsock:
-            try:
-                while True:
-                    conn, _ = lsock.accept()
-                    conn.setblocking(False)
-                    sel.register(conn, selectors.EVENT_READ)
-                    held += 1
-            except BlockingIOError:
-                pass
-        elif key.fileobj is sys.stdin:
-            if not sys.stdin.readline():
-                sys.exit(0)
-            print(held, flush=True)
-        else:
-            try:
-                data = key.fileobj.recv(65536)
-            except OSError:
-                data = b""
-            if data:
-                key.fileobj.sendall(data)
-            else:
-                sel.unregister(key.fileobj)
-                key.fileobj.close()
-                held -= 1
-"""
+HOLDECHO = str(Path(__file__).resolve().parent / "holdecho.py")
 
 
 def fd_count(pid: int) -> int:
@@ -83,7 +44,7 @@ def own_fd_room():
 
 
 def test_9000_idle_connections_under_a_20000_hard_limit(tmp_path, own_fd_room):
-    server = subprocess.Popen([sys.executable, "-c", ECHO_HOLD], stdin=subprocess.PIPE,
+    server = subprocess.Popen([sys.executable, HOLDECHO], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     clients: list[socket.socket] = []
     port = free_port()

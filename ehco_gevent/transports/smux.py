@@ -35,6 +35,8 @@ from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.queue import Queue
 
+from .streams import buffers
+
 log = logging.getLogger("ehco.smux")
 
 VERSION = 1
@@ -154,12 +156,17 @@ class SmuxStream:
     def take_pending(self) -> bytes:
         return b""
 
-    def recv_into(self, buf) -> int:
+    def wait_readable(self) -> None:
         while not self._chunks:
             if self.remote_fin or self.closed or self.session.closed:
-                return 0
+                return
             self._readable.clear()
             self._readable.wait()
+
+    def recv_into(self, buf) -> int:
+        self.wait_readable()
+        if not self._chunks:
+            return 0
         # fill as much of buf as the queued frames allow: fewer writes downstream
         chunks = self._chunks
         size = len(buf)
@@ -254,8 +261,10 @@ class Session:
     # -- reading -------------------------------------------------------------------------------
     def _recv_loop(self) -> None:
         decoder = FrameDecoder()
-        chunk = bytearray(READ_CHUNK)
-        view = memoryview(chunk)
+        # the read buffer is the process's (streams.buffers): taken when the connection has
+        # data, given back when a read comes back short, so an idle session holds none
+        wait = getattr(self.conn, "wait_readable", None)
+        chunk = None
         # one timer, re-armed for each read inside a frame (a new Timeout per read is a
         # measurable cost when frames span several reads, as over TLS)
         stall = gevent.Timeout(self.stall_timeout, SmuxError("truncated frame: peer stalled"))
@@ -268,22 +277,34 @@ class Session:
                 if decoder.partial:
                     stall.start()
                     try:
+                        if chunk is None:
+                            chunk = buffers.take(READ_CHUNK)
                         n = self.conn.recv_into(chunk)
                     finally:
                         stall.cancel()
                 else:
+                    if chunk is None:
+                        if wait is not None:
+                            wait()
+                        chunk = buffers.take(READ_CHUNK)
                     n = self.conn.recv_into(chunk)
                 if not n:
                     if decoder.partial:
                         log.debug("smux session %r: connection ended inside a frame", self)
                     return
-                for cmd, sid, payload in decoder.iter_feed(view[:n]):
-                    self._dispatch(cmd, sid, payload)
+                with memoryview(chunk) as view:
+                    for cmd, sid, payload in decoder.iter_feed(view[:n]):
+                        self._dispatch(cmd, sid, payload)
+                if n < READ_CHUNK and wait is not None:
+                    buffers.give(chunk)  # the decoder copied what it keeps
+                    chunk = None
         except SmuxError as exc:
             log.debug("smux session %r: protocol error: %s", self, exc)
         except OSError as exc:
             log.debug("smux session %r: read failed: %s", self, exc)
         finally:
+            if chunk is not None:
+                buffers.give(chunk)
             self._reader = None
             self.close()
 

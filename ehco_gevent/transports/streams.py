@@ -24,7 +24,15 @@ from __future__ import annotations
 import socket as _stdsocket
 
 from gevent import socket
-from gevent.socket import wait_read
+
+
+def wait_socket_readable(sock) -> None:
+    """Block until a gevent socket is readable, on the socket's own read watcher.
+
+    Its own watcher, not ``gevent.socket.wait_read(fd)``: closing a gevent socket cancels
+    waits on its own watchers (the waiter gets an OSError), while a watcher made aside keeps
+    the close pending and the peer never sees our FIN."""
+    sock._wait(sock._read_event)
 
 
 class BufferPool:
@@ -90,8 +98,10 @@ class SocketStream:
         return self.sock.recv_into(buf)
 
     def wait_readable(self) -> None:
-        if not self.pending:
-            wait_read(self.sock.fileno())
+        # a TLS socket (trojan wraps one in this class) may hold decrypted bytes the kernel
+        # does not know of: for it, recv_into is the only sure test, so don't wait here
+        if not self.pending and not hasattr(self.sock, "getpeercert"):
+            wait_socket_readable(self.sock)
 
     def sendall(self, data) -> None:
         self.sock.sendall(data)
