@@ -27,6 +27,7 @@ import os
 from typing import Callable
 
 import gevent
+from gevent.event import Event
 from gevent.hub import get_hub
 from gevent.monkey import get_original
 
@@ -129,8 +130,9 @@ def _close_pipe(pipe: tuple[int, int, int]) -> None:
 pipes = PipePool()
 
 
-def splice_loop(src_fd: int, dst_fd: int, count: Counter) -> None:
-    """Move bytes from src to dst through a pipe until src reaches EOF.
+def splice_loop(src_fd: int, dst_fd: int, count: Counter, until_idle: bool = False) -> bool:
+    """Move bytes from src to dst through a pipe until src reaches EOF (True), or, with
+    ``until_idle``, until src has nothing to read for now (False).
 
     The pipe is drained completely after every fill, so an EAGAIN on the fill can only mean
     the source socket has nothing to read yet: then the (empty) pipe goes back to the pool
@@ -153,6 +155,8 @@ def splice_loop(src_fd: int, dst_fd: int, count: Counter) -> None:
             except BlockingIOError:
                 pipes.give(pipe)
                 pipe = None
+                if until_idle:
+                    return False
                 hub.wait(read_watcher)
                 budget = FAIR_SHARE
                 continue
@@ -161,7 +165,7 @@ def splice_loop(src_fd: int, dst_fd: int, count: Counter) -> None:
                     raise _SpliceUnsupported() from exc
                 raise
             if n == 0:
-                return
+                return True
             moved_any = True
             full = True
             left = n
@@ -262,38 +266,106 @@ def _guarded(src, dst, count: Counter) -> Exception | None:
 
 
 class _OtherDirectionFailed(Exception):
-    """Thrown into the caller's direction when the spawned one broke (reset, broken pipe)."""
+    """Thrown into the caller's direction when the other one broke (reset, broken pipe)."""
+
+
+class _Backward:
+    """The b->a direction of :func:`pump`.
+
+    Between two plain sockets it has a greenlet only while b has data: a read watcher on b
+    spawns one per burst, which splices until b runs dry and ends (a parked greenlet costs
+    ~8 KiB, most of what an idle relayed connection would otherwise hold). Other streams get
+    one greenlet for the whole direction. Its end (or its error, which is thrown into the
+    caller's own direction) is reported through ``done`` and ``value``.
+    """
+
+    __slots__ = ("src", "dst", "count", "caller", "forward_running", "value", "done", "glet",
+                 "watcher", "src_fd", "dst_fd")
+
+    def __init__(self, src, dst, count: Counter, caller):
+        self.src, self.dst, self.count, self.caller = src, dst, count, caller
+        self.forward_running = True
+        self.value: Exception | None = None
+        self.done = Event()
+        self.glet = None
+        self.watcher = None
+        src_sock, dst_sock = src.splice_socket, dst.splice_socket
+        if splice_enabled and src_sock is not None and dst_sock is not None:
+            self.src_fd, self.dst_fd = src_sock.fileno(), dst_sock.fileno()
+            self.watcher = get_hub().loop.io(self.src_fd, 1)
+            if getattr(src, "pending", None):
+                self._burst_now()
+            else:
+                self.watcher.start(self._burst_now)
+        else:
+            self.glet = gevent.spawn(self._whole)
+
+    def _whole(self) -> None:
+        self._finish(_guarded(self.src, self.dst, self.count))
+
+    def _burst_now(self) -> None:
+        self.watcher.stop()
+        self.glet = gevent.spawn(self._burst)
+
+    def _burst(self) -> None:
+        try:
+            pending = self.src.take_pending()
+            if pending:
+                self.dst.sendall(pending)
+                self.count(len(pending))
+            try:
+                if not splice_loop(self.src_fd, self.dst_fd, self.count, until_idle=True):
+                    self.glet = None  # idle: the watcher starts the next burst
+                    self.watcher.start(self._burst_now)
+                    return
+            except _SpliceUnsupported:
+                log.debug("splice unsupported for %r -> %r, copying", self.src, self.dst)
+                copy_loop(self.src, self.dst, self.count)
+            self.dst.shutdown_write()
+        except Exception as exc:  # any failure ends this connection only
+            self._finish(exc)
+            return
+        self._finish(None)
+
+    def _finish(self, exc: Exception | None) -> None:
+        self.value = exc
+        self.done.set()
+        if exc is not None:
+            get_hub().loop.run_callback(self._interrupt)
+
+    def _interrupt(self) -> None:  # in the hub, while the caller is parked
+        if self.forward_running:
+            self.caller.throw(_OtherDirectionFailed(self.value))
+
+    def stop(self) -> None:
+        self.forward_running = False
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher.close()
+        glet = self.glet
+        if glet is not None and not glet.dead and glet is not gevent.getcurrent():
+            glet.kill()
 
 
 def pump(a, b, count_ab: Counter, count_ba: Counter) -> None:
     """Relay a<->b until both directions are done (or either breaks), then close both.
 
-    Blocks the calling greenlet, which carries a->b itself while one spawned greenlet carries
-    b->a; killing the caller stops both directions and still closes both streams, which is
-    how a relay drops a connection on purpose.
+    Blocks the calling greenlet, which carries a->b itself (b->a: see :class:`_Backward`);
+    killing the caller stops both directions and still closes both streams, which is how a
+    relay drops a connection on purpose.
     """
-    caller = gevent.getcurrent()
-    forward_running = True
-
-    def backward_done(glet) -> None:  # runs in the hub, while the caller is parked
-        if forward_running and glet.value is not None:
-            caller.throw(_OtherDirectionFailed(glet.value))
-
-    backward = gevent.spawn(_guarded, b, a, count_ba)
-    backward.rawlink(backward_done)
+    backward = _Backward(b, a, count_ba, gevent.getcurrent())
     try:
         exc = _guarded(a, b, count_ab)
-        forward_running = False
+        backward.forward_running = False
         if isinstance(exc, _OtherDirectionFailed):
             exc = exc.args[0]
         elif exc is None:
-            backward.join()
+            backward.done.wait()
             exc = backward.value
         if exc is not None:
             log.debug("pump %r <-> %r ended on %s: %s", a, b, type(exc).__name__, exc)
     finally:
-        forward_running = False
-        if not backward.dead:
-            backward.kill()
+        backward.stop()
         a.close()
         b.close()
