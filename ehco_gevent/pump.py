@@ -92,18 +92,16 @@ class PipePool:
     def __init__(self, keep: int = PIPES_KEEP):
         self.keep = keep
         self._free: list[tuple[int, int, int]] = []
-        self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.clear)
 
     def take(self) -> tuple[int, int, int]:
-        if self._pid != os.getpid():
-            self.clear()
-            self._pid = os.getpid()
         if self._free:
             return self._free.pop()
         return _open_pipe()
 
     def give(self, pipe: tuple[int, int, int]) -> None:
-        if len(self._free) < self.keep and self._pid == os.getpid():
+        if len(self._free) < self.keep:
             self._free.append(pipe)
         else:
             _close_pipe(pipe)
@@ -130,17 +128,21 @@ def _close_pipe(pipe: tuple[int, int, int]) -> None:
 pipes = PipePool()
 
 
-def splice_loop(src_fd: int, dst_fd: int, count: Counter, until_idle: bool = False) -> bool:
-    """Move bytes from src to dst through a pipe until src reaches EOF (True), or, with
-    ``until_idle``, until src has nothing to read for now (False).
+def splice_loop(src_sock, dst_sock, count: Counter, until_idle: bool = False) -> bool:
+    """Move bytes from src to dst (gevent sockets) through a pipe until src reaches EOF (True),
+    or, with ``until_idle``, until src has nothing to read for now (False).
 
     The pipe is drained completely after every fill, so an EAGAIN on the fill can only mean
     the source socket has nothing to read yet: then the (empty) pipe goes back to the pool
-    and the direction waits holding nothing but its watcher.
+    and the direction waits holding nothing but the socket.
+
+    Waits use the sockets' own gevent watchers (``_read_event``, ``_write_event``): a watcher
+    of our own would cost an allocation and an fcntl per connection, and closing a gevent
+    socket cancels waits on its own watchers only.
     """
     hub = get_hub()
-    read_watcher = hub.loop.io(src_fd, 1)
-    write_watcher = None
+    src_fd, dst_fd = src_sock.fileno(), dst_sock.fileno()
+    read_watcher = src_sock._read_event
     pipe = None
     full = False  # the pipe holds bytes: it must not go back to the pool
     moved_any = False
@@ -173,9 +175,7 @@ def splice_loop(src_fd: int, dst_fd: int, count: Counter, until_idle: bool = Fal
                 try:
                     left -= os.splice(r, dst_fd, left, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
-                    if write_watcher is None:
-                        write_watcher = hub.loop.io(dst_fd, 2)
-                    hub.wait(write_watcher)
+                    hub.wait(dst_sock._write_event)
                     budget = FAIR_SHARE
             full = False
             count(n)
@@ -184,9 +184,6 @@ def splice_loop(src_fd: int, dst_fd: int, count: Counter, until_idle: bool = Fal
                 gevent.sleep(0)
                 budget = FAIR_SHARE
     finally:
-        read_watcher.close()
-        if write_watcher is not None:
-            write_watcher.close()
         if pipe is not None:
             if full:
                 _close_pipe(pipe)
@@ -247,7 +244,7 @@ def one_direction(src, dst, count: Counter) -> None:
     spliced = False
     if splice_enabled and src_sock is not None and dst_sock is not None:
         try:
-            splice_loop(src_sock.fileno(), dst_sock.fileno(), count)
+            splice_loop(src_sock, dst_sock, count)
             spliced = True
         except _SpliceUnsupported:
             log.debug("splice unsupported for %r -> %r, copying", src, dst)
@@ -280,7 +277,7 @@ class _Backward:
     """
 
     __slots__ = ("src", "dst", "count", "caller", "forward_running", "value", "done", "glet",
-                 "watcher", "src_fd", "dst_fd")
+                 "watcher", "src_sock", "dst_sock")
 
     def __init__(self, src, dst, count: Counter, caller):
         self.src, self.dst, self.count, self.caller = src, dst, count, caller
@@ -291,8 +288,8 @@ class _Backward:
         self.watcher = None
         src_sock, dst_sock = src.splice_socket, dst.splice_socket
         if splice_enabled and src_sock is not None and dst_sock is not None:
-            self.src_fd, self.dst_fd = src_sock.fileno(), dst_sock.fileno()
-            self.watcher = get_hub().loop.io(self.src_fd, 1)
+            self.src_sock, self.dst_sock = src_sock, dst_sock
+            self.watcher = src_sock._read_event  # the socket's own (see splice_loop)
             if getattr(src, "pending", None):
                 self._burst_now()
             else:
@@ -314,7 +311,7 @@ class _Backward:
                 self.dst.sendall(pending)
                 self.count(len(pending))
             try:
-                if not splice_loop(self.src_fd, self.dst_fd, self.count, until_idle=True):
+                if not splice_loop(self.src_sock, self.dst_sock, self.count, until_idle=True):
                     self.glet = None  # idle: the watcher starts the next burst
                     self.watcher.start(self._burst_now)
                     return
@@ -339,9 +336,8 @@ class _Backward:
 
     def stop(self) -> None:
         self.forward_running = False
-        if self.watcher is not None:
+        if self.watcher is not None and self.watcher.callback == self._burst_now:
             self.watcher.stop()
-            self.watcher.close()
         glet = self.glet
         if glet is not None and not glet.dead and glet is not gevent.getcurrent():
             glet.kill()

@@ -233,7 +233,7 @@ def test_splice_loop_yields_to_others_while_data_keeps_coming(monkeypatch):
     client.shutdown(stdsocket.SHUT_WR)
     ticker = Ticker()
     counts = []
-    pump_mod.splice_loop(a.fileno(), b.fileno(), lambda n: counts.append(ticker.ticks))
+    pump_mod.splice_loop(a, b, lambda n: counts.append(ticker.ticks))
     ticker.glet.kill()
     assert sum(1 for _ in counts) >= 1
     pump_mod.pipes.clear()

@@ -35,7 +35,7 @@ from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.queue import Queue
 
-from .streams import buffers
+from .streams import buffers, release_memory
 
 log = logging.getLogger("ehco.smux")
 
@@ -402,13 +402,21 @@ def serve_session(conn, on_stream: Callable[[SmuxStream], None]) -> None:
 class SessionPool:
     """ehco's client pool: per remote, reuse a session while it has fewer than
     ``max_streams`` open streams and is younger than ``max_age``; every ``gc_interval`` close
-    sessions that can serve no new stream and have no live stream left."""
+    sessions that can serve no new stream and have no live stream left.
+
+    Beyond ehco: the collector also closes idle sessions (no stream) beyond ``keep_idle`` per
+    remote. New streams go to the first usable session, so after a burst of connections the
+    sessions it needed stay idle; ehco kept them until max_age (thousands of sessions, and
+    their buffers, on both nodes for ten minutes). After closing any, it hands the freed memory
+    back to the system (:func:`~ehco_gevent.transports.streams.release_memory`).
+    """
 
     def __init__(self, dial: Callable[[str], object], max_streams: int = 5,
-                 max_age: float = 600.0, gc_interval: float = 30.0):
+                 max_age: float = 600.0, gc_interval: float = 30.0, keep_idle: int = 1):
         self.dial = dial
         self.max_streams = max_streams
         self.max_age = max_age
+        self.keep_idle = keep_idle
         self.sessions: dict[str, list[Session]] = {}
         self._gc = gevent.spawn(self._gc_loop, gc_interval)
 
@@ -429,14 +437,26 @@ class SessionPool:
         log.debug("smux pool: new session to %s (%d now)", remote, len(sessions))
         return session.open_stream()
 
-    def collect(self) -> None:
+    def collect(self) -> int:
+        """Close the sessions that are of no more use; how many were closed."""
+        closed = 0
         for remote, sessions in list(self.sessions.items()):
+            idle_kept = 0
             for session in list(sessions):
-                if session.closed or (not self._usable(session) and session.num_streams == 0):
-                    session.close()
+                if not session.closed and session.num_streams == 0:
+                    if not self._usable(session) or idle_kept >= self.keep_idle:
+                        session.close()
+                        closed += 1
+                    else:
+                        idle_kept += 1
+                if session.closed:
                     sessions.remove(session)
             if not sessions:
                 del self.sessions[remote]
+        if closed:
+            log.debug("smux pool: closed %d idle session(s)", closed)
+            release_memory()
+        return closed
 
     def _gc_loop(self, interval: float) -> None:
         while True:
