@@ -94,7 +94,8 @@ class TLSStream:
         OpenSSL may hold records it already took from the incoming BIO (neither
         ``incoming.pending`` nor ``pending()`` counts them), so the only sure test is a read:
         one byte, kept in ``pending`` for recv_into."""
-        if self.pending or self._peer_closed:
+        if (self.pending or self._peer_closed or self.incoming.pending
+                or self.obj.pending()):
             return
         try:
             self.pending = self.obj.read(1)
@@ -150,7 +151,7 @@ class TLSStream:
         (the smux reader, the pump) for every record."""
         more = 0
         with memoryview(buf) as view:
-            while n + more < len(view):
+            while n + more < len(view) and (self.incoming.pending or self.obj.pending()):
                 try:
                     got = self.obj.read(len(view) - n - more, view[n + more:])
                 except _WANT_READ:
