@@ -25,6 +25,7 @@ Sections:
     python bench/bench.py                               # the README's tables
     python bench/bench.py rate --ehco "w1=" --ehco "auto=--workers auto"
     python bench/bench.py memory --transports mwss --conns 5000
+    python bench/bench.py throughput --streams 1 --transports raw,ws,ws+frames,wss,mwss
 
 Only 127.0.0.1 is used; every process started is stopped by PID at the end.
 """
@@ -133,8 +134,10 @@ class Impl:
     def supports(self, transport: str) -> bool:
         return transport == "raw" if self.kind == "haproxy" else True
 
-    def chain(self, procs: Procs, transport: str, target: int) -> tuple[int, list]:
-        """Start the path; (entry port, processes of the path)."""
+    def chain(self, procs: Procs, path: str, target: int) -> tuple[int, list]:
+        """Start the path (a transport, ``+frames`` for RFC 6455 frames mode); (entry port,
+        processes of the path)."""
+        transport, _, mode = path.partition("+")
         a = free_port()
         tag = f"{self.name}-{transport}-{a}"
         if self.kind == "haproxy":
@@ -148,15 +151,20 @@ class Impl:
                 argv = self._ehco("-l", f"{LO}:{a}", "-r", f"{LO}:{target}")
             return a, [procs.start(argv, tag)]
         b = free_port()
+        frames = mode == "frames"
         if self.kind == "go":
-            server = [self.binary, "-mode", "server", "-transport", transport,
+            extra = ["-frames"] if frames else []
+            server = [self.binary, "-mode", "server", "-transport", transport, *extra,
                       "-l", f"{LO}:{b}", "-r", f"{LO}:{target}"]
-            client = [self.binary, "-mode", "client", "-transport", transport,
+            client = [self.binary, "-mode", "client", "-transport", transport, *extra,
                       "-l", f"{LO}:{a}", "-r", f"{LO}:{b}"]
         else:
+            extra = ["--ws_frames"] if frames else []
             scheme = {"ws": "ws://", "wss": "wss://", "mwss": "wss://"}.get(transport, "")
-            server = self._ehco("-l", f"{LO}:{b}", "-lt", transport, "-r", f"{LO}:{target}")
-            client = self._ehco("-l", f"{LO}:{a}", "-tt", transport, "-r", f"{scheme}{LO}:{b}")
+            server = self._ehco("-l", f"{LO}:{b}", "-lt", transport, *extra,
+                                "-r", f"{LO}:{target}")
+            client = self._ehco("-l", f"{LO}:{a}", "-tt", transport, *extra,
+                                "-r", f"{scheme}{LO}:{b}")
         pb = procs.start(server, tag + "-b")
         wait_port(b)
         pa = procs.start(client, tag + "-a")
@@ -464,7 +472,8 @@ def main() -> int:
     ap.add_argument("--ehco", action="append", metavar="NAME=ARGS",
                     help="an ehco-gevent variant: column name and extra arguments (repeatable)")
     ap.add_argument("--transports", type=lambda s: tuple(s.split(",")),
-                    help="comma-separated subset of raw,ws,wss,mwss,mtcp")
+                    help="comma-separated paths among raw,ws,wss,mwss,mtcp; ws+frames, "
+                         "wss+frames, mwss+frames for RFC 6455 frames mode")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--conns", type=int, default=5000, help="held connections (memory)")

@@ -35,7 +35,7 @@ from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.queue import Queue
 
-from .streams import buffers, release_memory
+from .streams import buffers
 
 log = logging.getLogger("ehco.smux")
 
@@ -407,8 +407,7 @@ class SessionPool:
     Beyond ehco: the collector also closes idle sessions (no stream) beyond ``keep_idle`` per
     remote. New streams go to the first usable session, so after a burst of connections the
     sessions it needed stay idle; ehco kept them until max_age (thousands of sessions, and
-    their buffers, on both nodes for ten minutes). After closing any, it hands the freed memory
-    back to the system (:func:`~ehco_gevent.transports.streams.release_memory`).
+    their buffers, on both nodes for ten minutes).
     """
 
     def __init__(self, dial: Callable[[str], object], max_streams: int = 5,
@@ -455,7 +454,6 @@ class SessionPool:
                 del self.sessions[remote]
         if closed:
             log.debug("smux pool: closed %d idle session(s)", closed)
-            release_memory()
         return closed
 
     def _gc_loop(self, interval: float) -> None:

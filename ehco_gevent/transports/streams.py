@@ -58,36 +58,10 @@ class BufferPool:
         if len(free) < self.keep:
             free.append(buf)
 
-    def clear(self) -> None:
-        self._free.clear()
-
 
 #: the process's read buffers (one hub per process: no locking needed)
 buffers = BufferPool()
 
-
-def _load_malloc_trim():
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim with
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-def release_memory() -> None:
-    """Give memory freed by closed connections back to the system: the spare read buffers,
-    Python's cycles, and glibc's free heap pages (``malloc_trim``; glibc keeps them otherwise,
-    and a node's RSS would stay at its busiest moment's)."""
-    import gc
-
-    buffers.clear()
-    gc.collect()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 class SocketStream:
