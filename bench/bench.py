@@ -241,6 +241,28 @@ def start_paths(procs: Procs, impls: list[Impl], transports, target: int) -> dic
     return paths
 
 
+def interleaved(args, procs: Procs, impls: list[Impl], transports, target: int, section: str,
+                unit: str, measure) -> dict:
+    """Start every path to ``target``, then ``args.rounds`` rounds of ``measure(port)`` over
+    all of them (and over ``target`` itself, as ("direct", "raw")); {path: [values]}."""
+    paths = start_paths(procs, impls, transports, target)
+    paths[("direct", "raw")] = (target, [])
+    results: dict = {key: [] for key in paths}
+    try:
+        for rnd in range(args.rounds):
+            for key, (port, _) in paths.items():
+                try:
+                    value = measure(port)
+                except Exception as exc:  # one failed run is reported, not fatal
+                    note(f"{section} round {rnd + 1} {key}: failed: {exc}")
+                    continue
+                results[key].append(value)
+                note(f"{section} round {rnd + 1} {key[0]} {key[1]}: {value:.2f} {unit}")
+    finally:
+        procs.stop([p for _, ps in paths.values() for p in ps])
+    return results
+
+
 def table(title: str, unit: str, results: dict, impls: list[Impl], transports, base: str | None,
           fmt: str = "{:.0f}", lower_is_better: bool = False) -> None:
     """One row per transport, one column per implementation (value and ratio to ``base``)."""
@@ -299,19 +321,9 @@ def run_rate(args, procs: Procs, impls: list[Impl]) -> None:
     server = procs.start(["haproxy", "-f", str(cfg), "-db"], "http-server")
     wait_port(http_port)
     transports = args.transports or RATE_TRANSPORTS
-    paths = start_paths(procs, impls, transports, http_port)
-    paths[("direct", "raw")] = (http_port, [])
-    results: dict = {key: [] for key in paths}
-    for rnd in range(args.rounds):
-        for key, (port, _) in paths.items():
-            try:
-                rate = wrk(port, args.seconds, args.wrk_conns)
-            except Exception as exc:  # one failed run is reported, not fatal
-                note(f"rate round {rnd + 1} {key}: failed: {exc}")
-                continue
-            results[key].append(rate)
-            note(f"rate round {rnd + 1} {key[0]} {key[1]}: {rate:.0f} req/s")
-    procs.stop([p for _, ps in paths.values() for p in ps] + [server])
+    results = interleaved(args, procs, impls, transports, http_port, "rate", "req/s",
+                          lambda port: wrk(port, args.seconds, args.wrk_conns))
+    procs.stop([server])
     print(f"\nConnection rate: wrk -c {args.wrk_conns} -t 2, one request per connection "
           f"(Connection: close), {args.rounds} interleaved rounds of {args.seconds:g} s, medians; "
           f"direct to the HTTP server: "
@@ -440,19 +452,9 @@ def run_throughput(args, procs: Procs, impls: list[Impl]) -> None:
     server = procs.start(["iperf3", "-s", "-B", LO, "-p", str(iperf_port)], "iperf3-server")
     wait_port(iperf_port)
     transports = args.transports or TRANSPORTS
-    paths = start_paths(procs, impls, transports, iperf_port)
-    paths[("direct", "raw")] = (iperf_port, [])
-    results: dict = {key: [] for key in paths}
-    for rnd in range(args.rounds):
-        for key, (port, _) in paths.items():
-            try:
-                gbps = iperf(port, args.seconds, args.streams)
-            except Exception as exc:
-                note(f"throughput round {rnd + 1} {key}: failed: {exc}")
-                continue
-            results[key].append(gbps)
-            note(f"throughput round {rnd + 1} {key[0]} {key[1]}: {gbps:.2f} Gbit/s")
-    procs.stop([p for _, ps in paths.values() for p in ps] + [server])
+    results = interleaved(args, procs, impls, transports, iperf_port, "throughput", "Gbit/s",
+                          lambda port: iperf(port, args.seconds, args.streams))
+    procs.stop([server])
     print(f"\nThroughput: iperf3 -P {args.streams}, {args.rounds} interleaved rounds of "
           f"{args.seconds:g} s, medians; direct: "
           f"{statistics.median(results[('direct', 'raw')] or [0]):.2f} Gbit/s")

@@ -128,6 +128,16 @@ def _close_pipe(pipe: tuple[int, int, int]) -> None:
 pipes = PipePool()
 
 
+def _spend(budget: int, n: int) -> int:
+    """The fairness budget left after moving n bytes without a wait; once it is spent the
+    source keeps having data, so let the other greenlets run, then start a new budget."""
+    budget -= n
+    if budget <= 0:
+        gevent.sleep(0)
+        return FAIR_SHARE
+    return budget
+
+
 def splice_loop(src_sock, dst_sock, count: Counter, until_idle: bool = False) -> bool:
     """Move bytes from src to dst (gevent sockets) through a pipe until src reaches EOF (True),
     or, with ``until_idle``, until src has nothing to read for now (False).
@@ -179,10 +189,7 @@ def splice_loop(src_sock, dst_sock, count: Counter, until_idle: bool = False) ->
                     budget = FAIR_SHARE
             full = False
             count(n)
-            budget -= n
-            if budget <= 0:  # the source keeps having data: let the others run
-                gevent.sleep(0)
-                budget = FAIR_SHARE
+            budget = _spend(budget, n)
     finally:
         if pipe is not None:
             if full:
@@ -225,10 +232,7 @@ def copy_loop(src, dst, count: Counter) -> None:
                 buf = None
                 budget = FAIR_SHARE
                 continue
-            budget -= n
-            if budget <= 0:  # the source keeps having data: let the others run
-                gevent.sleep(0)
-                budget = FAIR_SHARE
+            budget = _spend(budget, n)
     finally:
         if buf is not None:
             buffers.give(buf)
