@@ -15,6 +15,9 @@ import click
 from .version import GIT_BRANCH, VERSION
 
 BOOL = click.BOOL
+#: the flags that describe the one relay of a config-less start (ignored with -c)
+RELAY_FLAGS = {"local": "-l", "remote": "-r", "udp_remote": "-ur", "listen_type": "-lt",
+               "transport_type": "-tt", "ws_frames": "--ws_frames"}
 
 
 def _names(*names: str) -> list[str]:
@@ -24,6 +27,18 @@ def _names(*names: str) -> list[str]:
         bare = name.lstrip("-")
         out += [f"-{bare}", f"--{bare}"] if len(bare) > 1 else [f"-{bare}"]
     return out
+
+
+class WorkersType(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        from .workers import parse_workers
+
+        try:
+            return parse_workers(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def print_version(ctx: click.Context, _param, value) -> None:
@@ -72,6 +87,9 @@ def print_version(ctx: click.Context, _param, value) -> None:
 @click.option("--ws_frames", "-ws_frames", "ws_frames", envvar="EHCO_WS_FRAMES", type=BOOL,
               is_flag=False, flag_value=True, default=False,
               help="beyond ehco 1.1.4: RFC 6455 frames on ws/wss/mwss (ehco >= 1.1.5, CDNs)")
+@click.option(*_names("workers"), "workers", envvar="EHCO_WORKERS", type=WorkersType(),
+              help="beyond ehco 1.1.4: relay processes, a number or auto (one per core); "
+                   "above 1 a supervisor serves the web and runs them  [default: 1]")
 @click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=print_version, help="print the version and build info")
 @click.pass_context
@@ -79,6 +97,11 @@ def cli(ctx: click.Context, **opts) -> None:
     """ehco is a network relay tool and a typo :)"""
     if ctx.invoked_subcommand is not None:
         return
+    if opts.get("config"):
+        # ehco ignores the relay flags when -c is given (the file wins); we do too, but say so
+        opts["ignored_flags"] = [flag for name, flag in RELAY_FLAGS.items()
+                                 if ctx.get_parameter_source(name) not in
+                                 (None, click.core.ParameterSource.DEFAULT)]
     from .app import run
 
     sys.exit(run(opts))

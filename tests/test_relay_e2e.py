@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -10,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .support import (EchoServer, parallel_roundtrips, free_port, free_tcp_udp_port, roundtrip, sha, wait_port,
-                      write_config)
+from .support import (EchoServer, free_port, free_tcp_udp_port, parallel_roundtrips, read_until_closed, roundtrip,
+                      sha, UDPEchoServer, wait_for, wait_port, write_config)
 
 
 def start_relay(ehco, echo_port, *extra):
@@ -21,6 +22,7 @@ def start_relay(ehco, echo_port, *extra):
     return port, proc
 
 
+@pytest.mark.workers
 @pytest.mark.parametrize("size", [1, 64 * 1024, 16 * 1024 * 1024])
 def test_payload_comes_back_identical(ehco, echo_server, size):
     port, _ = start_relay(ehco, echo_server.port)
@@ -28,6 +30,7 @@ def test_payload_comes_back_identical(ehco, echo_server, size):
     assert sha(roundtrip(port, data)) == sha(data)
 
 
+@pytest.mark.workers
 def test_100_parallel_connections(ehco, echo_server):
     port, _ = start_relay(ehco, echo_server.port)
     payloads = [os.urandom(1000 + i * 997) for i in range(100)]
@@ -122,6 +125,7 @@ def test_server_half_close_still_receives_client_data(ehco):
     listener.close()
 
 
+@pytest.mark.workers
 def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
     port = free_tcp_udp_port()
     proc = ehco("-l", f"127.0.0.1:{port}", "-ur", f"127.0.0.1:{udp_echo_server.port}")
@@ -137,6 +141,47 @@ def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
     assert len(udp_echo_server.clients) == 1
 
 
+def test_udp_round_robin_per_client_and_session_expiry(ehco, tmp_path):
+    """Through the real process: each new client address takes the next remote and keeps it
+    for its whole session; a session ends after ehco's 10 s without traffic (logged with its
+    exact bytes), and the client's next datagram opens a new one on the next remote."""
+    remotes = [UDPEchoServer(), UDPEchoServer()]
+    names = {f"127.0.0.1:{r.port}": i for i, r in enumerate(remotes)}
+    port = free_tcp_udp_port()
+    proc = ehco("-c", write_config(tmp_path, {"log_level": "debug", "relay_configs": [{
+        "listen": f"127.0.0.1:{port}", "label": "u",
+        "udp_remotes": list(names)}]}))
+    proc.wait_log("udp listening")
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for c in clients:
+            c.bind(("127.0.0.1", 0))
+            c.settimeout(5)
+            for i in range(2):
+                c.sendto(b"hi%d" % i, ("127.0.0.1", port))
+                assert c.recvfrom(100)[0] == b"hi%d" % i
+
+        def sessions_of(client):  # the remote of each session the client had, in order
+            return [names[r] for r in re.findall(
+                rf"udp session 127\.0\.0\.1:{client.getsockname()[1]} -> (\S+)\n", proc.log)]
+
+        assert [sessions_of(c) for c in clients] == [[0], [1], [0]]  # round robin per client address
+        assert [len(r.clients) for r in remotes] == [2, 1]  # one upstream socket per session
+        for c in clients:  # idle for ehco's 10 s: each session ends, with its exact bytes
+            proc.wait_log(f"udp session 127.0.0.1:{c.getsockname()[1]} -> "
+                          f"{list(names)[sessions_of(c)[0]]} closed, up 6 down 6 bytes", timeout=25)
+        clients[0].sendto(b"again", ("127.0.0.1", port))
+        assert clients[0].recvfrom(100)[0] == b"again"
+        # a new session, and round robin has moved on to the second remote
+        wait_for(lambda: sessions_of(clients[0]), lambda v: v == [0, 1], "the client's sessions")
+    finally:
+        for s in clients:
+            s.close()
+        for r in remotes:
+            r.close()
+
+
+@pytest.mark.workers
 def test_udp_and_tcp_on_one_listen_address(ehco, echo_server, udp_echo_server, tmp_path):
     port = free_tcp_udp_port()
     cfg = write_config(tmp_path, {"relay_configs": [{
@@ -211,6 +256,7 @@ def test_refused_remote_leaves_other_connections_alone(ehco, echo_server, tmp_pa
     assert roundtrip(port, b"third") == b"third"  # round robin is back on the live remote
 
 
+@pytest.mark.workers
 def test_sighup_adds_relay_and_keeps_open_connection(ehco, echo_server, tmp_path):
     p1, p2 = free_port(), free_port()
     first = {"listen": f"127.0.0.1:{p1}", "label": "one",
@@ -234,6 +280,7 @@ def test_sighup_adds_relay_and_keeps_open_connection(ehco, echo_server, tmp_path
     assert "stopped listening" not in proc.log  # relay one was not restarted
 
 
+@pytest.mark.workers
 def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     port = free_port()
     good = {"relay_configs": [{"listen": f"127.0.0.1:{port}", "label": "keep",
@@ -259,6 +306,7 @@ def test_invalid_reload_changes_nothing(ehco, echo_server, tmp_path):
     assert "stopped listening" not in proc.log and "reload: started" not in proc.log
 
 
+@pytest.mark.workers
 def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
     a, b = EchoServer(greeting=b"A"), EchoServer(greeting=b"B")
     try:
@@ -272,7 +320,7 @@ def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
         relay["tcp_remotes"] = [f"127.0.0.1:{b.port}"]
         write_config(tmp_path, {"relay_configs": [relay]})
         proc.signal(signal.SIGHUP)
-        proc.wait_log("restarted ['mv']")
+        proc.wait_log("reload (SIGHUP): restarted mv")
         wait_port(port)
         assert roundtrip(port, b"y", greeting=b"B") == b"y"
     finally:
@@ -353,14 +401,8 @@ def test_unanswering_remote_times_out_and_closes_client(ehco):
     try:
         port, proc = start_relay(ehco, blackhole.getsockname()[1])
         with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
-            started = time.monotonic()
-            try:
-                assert conn.recv(10) == b""  # closed by the relay, well before our 15 s
-            except ConnectionResetError:
-                pass
-            waited = time.monotonic() - started
-        # the 3 s dial timeout of design.md 5 (wait_port's probe dialled just before ours)
-        assert 1.0 < waited < 8.0, waited
+            # closed by the relay (EOF or reset) when its dial gives up, not by our timeout
+            assert read_until_closed(conn, timeout=15) == b""
         proc.wait_log("timed out")
     finally:
         for s in fillers:
@@ -402,13 +444,83 @@ def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path, echo_s
             hogs.append(s)
         proc.wait_log("pausing accepts")
         assert proc.proc.poll() is None
-        cpu_before = sum(map(int, open(f"/proc/{proc.proc.pid}/stat").read().split()[13:15]))
-        time.sleep(1.0)
-        cpu_after = sum(map(int, open(f"/proc/{proc.proc.pid}/stat").read().split()[13:15]))
-        assert cpu_after - cpu_before < 50  # clock ticks: not spinning on accept
+        assert proc.proc.poll() is None
+        # not spinning: every failed accept is one log line followed by a pause (doubling while
+        # it keeps failing), so there are fewer of them than clients that came
+        failed = proc.log.count("accept failed")
+        assert 1 <= failed <= limit, failed
+        pauses = [float(p) for p in re.findall(r"pausing accepts for ([0-9.]+) s", proc.log)]
+        assert len(pauses) == failed and pauses[0] == 0.01
+        assert all(b in (a * 2, 1.0, 0.01) for a, b in zip(pauses, pauses[1:])), pauses
         for s in hogs:
             s.close()
         time.sleep(0.5)
         assert roundtrip(port, b"recovered", timeout=15) == b"recovered"
     finally:
         proc.stop()
+
+
+@pytest.mark.workers
+def test_reload_reports_what_started_and_what_failed(ehco, echo_server, tmp_path, ehco_workers):
+    """A reload that adds two relays, one on a busy port: the log and the web reload route say
+    which one started and which one failed (and why); the failed one starts on a later reload
+    once its port is free."""
+    import requests
+
+    web, p1, p2 = free_port(), free_port(), free_port()
+    remote = [f"127.0.0.1:{echo_server.port}"]
+    relays = [{"listen": f"127.0.0.1:{p1}", "label": "a", "tcp_remotes": remote}]
+    doc = {"web_host": "127.0.0.1", "web_port": web, "enable_ping": False, "reload_interval": 0,
+           "relay_configs": relays}
+    cfg = write_config(tmp_path, doc)
+    proc = ehco("-c", cfg)
+    wait_port(p1)
+    wait_port(web)
+    busy = socket.create_server(("127.0.0.1", 0))
+    p3 = busy.getsockname()[1]
+    relays += [{"listen": f"127.0.0.1:{p2}", "label": "b", "tcp_remotes": remote},
+               {"listen": f"127.0.0.1:{p3}", "label": "c", "tcp_remotes": remote}]
+    write_config(tmp_path, doc)
+    why = f"cannot listen on 127.0.0.1:{p3}: address already in use"
+    resp = requests.post(f"http://127.0.0.1:{web}/reload/", timeout=10)
+    assert (resp.status_code, resp.text) == (400, f"reload: started b; kept 1; failed: c ({why})")
+    line = next(l for l in proc.log.splitlines() if "reload (web): started" in l)
+    assert "ERROR" in line and "started b; kept 1; failed: c" in line  # c is not "started"
+    assert roundtrip(p2, b"b serves") == b"b serves"
+    # again, port still busy: nothing new started, the failure is still answered
+    resp = requests.post(f"http://127.0.0.1:{web}/api/v1/config/reload/", timeout=10)
+    assert (resp.status_code, resp.text) == (400, f"reload: kept 2; failed: c ({why})")
+    proc.wait_log("reload (web): kept 2; failed: c")  # asked for: logged, though a repeat
+    busy.close()
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("reload (SIGHUP): started c; kept 2")
+    assert roundtrip(p3, b"c serves") == b"c serves"
+    resp = requests.post(f"http://127.0.0.1:{web}/reload/", timeout=10)
+    assert (resp.status_code, resp.text) == (200, "reload success")
+    # once (with workers: once in each worker's log line)
+    assert proc.log.count("started b") == proc.log.count("started c") == ehco_workers
+
+
+def test_timer_reload_retries_a_failed_relay_without_repeating_itself(ehco, echo_server,
+                                                                      tmp_path):
+    p1 = free_port()
+    busy = socket.create_server(("127.0.0.1", 0))
+    p2 = busy.getsockname()[1]
+    remote = [f"127.0.0.1:{echo_server.port}"]
+    relays = [{"listen": f"127.0.0.1:{p1}", "label": "a", "tcp_remotes": remote}]
+    doc = {"reload_interval": 1, "enable_ping": False, "log_level": "debug",
+           "relay_configs": relays}
+    cfg = write_config(tmp_path, doc)
+    proc = ehco("-c", cfg)
+    wait_port(p1)
+    relays.append({"listen": f"127.0.0.1:{p2}", "label": "c", "tcp_remotes": remote})
+    write_config(tmp_path, doc)
+    proc.wait_log("reload (timer): kept 1; failed: c (cannot listen on")
+    ticks = proc.log.count("reload (timer): reading")
+    wait_for(lambda: proc.log.count("reload (timer): reading"), lambda n: n >= ticks + 3,
+             "three more timer reloads")
+    assert proc.log.count("failed: c") == 1  # retried each time, reported once
+    assert "started" not in proc.log.split("failed: c", 1)[1]
+    busy.close()
+    proc.wait_log("reload (timer): started c; kept 1")  # the retry that finds the port free
+    assert roundtrip(p2, b"c serves") == b"c serves"
