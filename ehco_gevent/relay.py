@@ -153,18 +153,19 @@ class Relay:
 
     def _relay_stream(self, stream, client: str) -> None:
         remote = self.tcp_lb.next()
+        remote_label = self.cfg.remote_label(remote)
         started = time.monotonic()
         try:
             upstream = self.dialer.dial(remote)
         except Exception as exc:
             stream.close()
-            self.registry.dial_failed(self.cfg.remote_label(remote))
-            log.warning("relay %s: dial %s for %s failed: %s", self.label, remote, client,
-                        exc or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            self.registry.dial_failed(remote_label, reason)
+            log.warning("relay %s: dial %s for %s failed: %s", self.label, remote, client, reason)
             return
         dial_ms = (time.monotonic() - started) * 1000
-        conn = self.registry.open(self.label, "tcp", client, remote, self.cfg.remote_label(remote),
-                                  dial_ms)
+        self.registry.dial_ok(remote_label, dial_ms)
+        conn = self.registry.open(self.label, "tcp", client, remote, remote_label, dial_ms)
         current = gevent.getcurrent()
         conn.closer = lambda: current.kill(block=False)
         log.debug("relay %s: %s -> %s connected in %.1f ms", self.label, client, remote, dial_ms)

@@ -1,5 +1,6 @@
-/* Index page: one uPlot chart per relay (bytes/s up and down), ping latencies, the proxy's
- * users, reload button. Polls /api/v1/traffic/ every sample interval; charts are kept in window.ehcoCharts by label. */
+/* Index page: the relays table (from /api/v1/relays/), one uPlot chart per relay (bytes/s up
+ * and down), ping latencies, the proxy's users, reload button. Polls both feeds every sample
+ * interval; charts are kept in window.ehcoCharts by label. */
 (function () {
     "use strict";
     var root = document.getElementById("traffic");
@@ -10,12 +11,8 @@
 
     function rate(v) { return window.ehcoBytes(v) + "/s"; }
 
-    // axis ticks: short (one decimal), so the label fits the axis gutter
-    function tick(v) {
-        var units = ["B", "K", "M", "G", "T"], i = 0;
-        while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-        return (i === 0 || v >= 100 ? Math.round(v) : v.toFixed(1)) + " " + units[i] + "/s";
-    }
+    // axis ticks: the header's units (KiB/s, MiB/s), one decimal so the label fits the gutter
+    function tick(v) { return window.ehcoBytes(v, 1) + "/s"; }
 
     function clock(t) {
         var d = new Date(t * 1000);
@@ -57,7 +54,7 @@
             axes: [
                 { space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600],
                   values: function (u, vals) { return vals.map(clock); } },
-                { size: 70, values: function (u, vals) { return vals.map(tick); } }
+                { size: 84, values: function (u, vals) { return vals.map(tick); } }
             ]
         };
         var u = new uPlot(opts, [[], [], []], plot);
@@ -155,11 +152,87 @@
         window.ehcoTrafficPolls += 1;
     }
 
-    function poll() {
-        fetch(window.ehcoUrl("/api/v1/traffic/"), { credentials: "same-origin" })
+    // -- relays table ----------------------------------------------------------------------
+    window.ehcoRelayPolls = 0;
+
+    function el(tag, cls, text) {
+        var e = document.createElement(tag);
+        if (cls) e.className = cls;
+        if (text != null) e.textContent = text;
+        return e;
+    }
+
+    function ago(t, now) {
+        if (!t) return "";
+        var s = Math.max(0, Math.round(now - t));
+        return s < 60 ? s + " s ago" : s < 3600 ? Math.round(s / 60) + " min ago"
+            : Math.round(s / 3600) + " h ago";
+    }
+
+    // one line per remote: status badge, address, then the latency or the error
+    function remoteLine(r, now) {
+        var line = el("div", "remote status-" + r.status.replace(" ", "-"));
+        line.setAttribute("data-remote", r.remote);
+        line.setAttribute("data-status", r.status);
+        var badge = { ok: "ok", failing: "failed", idle: "no dial yet", "no reply": "no reply" };
+        line.appendChild(el("span", "badge", r.type === "udp" && r.status === "idle" ? "udp" : badge[r.status]));
+        line.appendChild(el("code", "", r.remote));
+        if (r.type === "udp") {
+            line.appendChild(el("span", "muted", r.status === "no reply"
+                ? " udp: datagrams sent, none came back" : " udp"));
+        } else if (r.status === "failing") {
+            line.appendChild(el("span", "error", " " + r.last_error));
+            line.appendChild(el("span", "muted", " (" + ago(r.last_dial_at, now) + ")"));
+        } else if (r.status === "ok") {
+            line.appendChild(el("span", "latency", " " + r.last_dial_ms.toFixed(1) + " ms"));
+            line.appendChild(el("span", "muted", " (" + ago(r.last_dial_at, now) + ")"));
+        }
+        if (r.dials_failed) {
+            line.appendChild(el("span", "fails", " " + r.dials_failed + " of " +
+                (r.dials_failed + r.dials_ok) + " dials failed"));
+        }
+        return line;
+    }
+
+    function renderRelays(data) {
+        var body = document.getElementById("relays");
+        body.textContent = "";
+        if (!data.relays.length) emptyRow(body, 7, "No relays running.");
+        data.relays.forEach(function (relay) {
+            var tr = el("tr", "relay-row status-" + relay.status.replace(" ", "-"));
+            tr.setAttribute("data-relay", relay.label);
+            tr.setAttribute("data-status", relay.status);
+            var name = el("td", "label");
+            name.appendChild(el("div", "", relay.label));
+            name.appendChild(el("span", "badge", relay.status));
+            tr.appendChild(name);
+            var listen = el("td"); listen.appendChild(el("code", "", relay.listen)); tr.appendChild(listen);
+            tr.appendChild(el("td", "types", relay.listen_type + " \u2192 " + relay.transport_type));
+            var remotes = el("td", "remotes");
+            relay.remotes.forEach(function (r) { remotes.appendChild(remoteLine(r, data.now)); });
+            tr.appendChild(remotes);
+            tr.appendChild(el("td", "num active", String(relay.active)));
+            var traffic = el("td", "traffic");
+            traffic.appendChild(el("div", "up", "\u2191 " + window.ehcoBytes(relay.up_bytes)));
+            traffic.appendChild(el("div", "down", "\u2193 " + window.ehcoBytes(relay.down_bytes)));
+            tr.appendChild(traffic);
+            tr.appendChild(el("td", "num failed" + (relay.dials_failed ? " error" : ""),
+                              String(relay.dials_failed)));
+            body.appendChild(tr);
+        });
+        window.ehcoRelayPolls += 1;
+    }
+
+    function getJSON(path, then, what) {
+        fetch(window.ehcoUrl(path), { credentials: "same-origin" })
             .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
-            .then(apply)
-            .catch(function (e) { console.warn("traffic poll failed:", e); });
+            .then(then)
+            .catch(function (e) { console.warn(what + " poll failed:", e); });
+    }
+
+    function poll() {
+        getJSON("/api/v1/relays/", renderRelays, "relays");
+        getJSON("/api/v1/traffic/", apply, "traffic");
     }
 
     window.addEventListener("resize", function () {
@@ -174,7 +247,13 @@
         result.textContent = "reloading...";
         fetch(window.ehcoUrl("/api/v1/config/reload/"), { method: "POST", credentials: "same-origin" })
             .then(function (r) { return r.text().then(function (t) { return [r.ok, t]; }); })
-            .then(function (res) { result.textContent = (res[0] ? "" : "failed: ") + res[1]; })
+            .then(function (res) {
+                var text = res[1];
+                if (!res[0]) {  // errors come as echo's {"message": ...}
+                    try { text = JSON.parse(text).message; } catch (e) { /* plain text */ }
+                }
+                result.textContent = (res[0] ? "" : "failed: ") + text;
+            })
             .catch(function (e) { result.textContent = "failed: " + e; });
     });
 
