@@ -419,3 +419,48 @@ def test_path_without_trailing_slash_redirects_keeping_the_query(web_node):
     resp = node.post("/api/v1/config/reload?token=s3cret")
     assert (resp.status_code, resp.text) == (200, "reload success")
     assert resp.history and resp.history[0].status_code == 308
+
+
+def test_relays_feed_shows_dials_traffic_and_failures(three_relays):
+    """The index page's table feed: the relay whose remote refuses every dial reads failing,
+    with the error and the exact count; the working one its latency and bytes."""
+    from .conftest import refused_dial
+
+    node = three_relays.node
+    payload = b"r" * 5000
+    assert sha(roundtrip(three_relays.ok_port, payload)) == sha(payload)
+    for _ in range(3):
+        refused_dial(three_relays.refused_port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(10)
+        udp.sendto(b"ping", (LOOPBACK, three_relays.udp_port))
+        assert udp.recvfrom(100)[0] == b"ping"
+
+    def rows():
+        return {r["label"]: r for r in node.get("/api/v1/relays/").json()["relays"]}
+
+    data = wait_for(rows, lambda d: d["ok"]["down_bytes"] == 5000
+                    and d["refused"]["dials_failed"] == 3 and d["udp"]["down_bytes"] == 4,
+                    "relays feed")
+    assert list(data) == ["ok", "refused", "udp"]  # config order
+    ok, refused, udp = data["ok"], data["refused"], data["udp"]
+    assert (ok["status"], ok["up_bytes"], ok["active"], ok["dials_failed"]) == ("ok", 5000, 0, 0)
+    remote = ok["remotes"][0]
+    assert (remote["status"], remote["dials_ok"], remote["type"]) == ("ok", 1, "tcp")
+    assert remote["last_dial_ms"] > 0 and remote["last_error"] == ""
+    assert (refused["status"], refused["listen"], refused["listen_type"],
+            refused["transport_type"]) == ("failing", f"{LOOPBACK}:{three_relays.refused_port}",
+                                           "raw", "raw")
+    bad = refused["remotes"][0]
+    assert (bad["remote"], bad["status"], bad["dials_failed"], bad["dials_ok"]) == (
+        three_relays.refused_remote, "failing", 3, 0)
+    assert "refused" in bad["last_error"].lower() and bad["last_dial_ms"] is None
+    assert (udp["status"], udp["remotes"][0]["type"], udp["up_bytes"]) == ("ok", "udp", 4)
+    assert udp["active"] == 1  # the UDP session lives until its idle timeout
+    # the same count in the metrics, so an alert sees what the page shows
+    from ehco_gevent.observability.metrics import parse_samples
+
+    fails = [s.value for s in parse_samples(node.get("/metrics/").text)
+             if s.name == "ehco_gevent_dial_failures_total"
+             and s.labels["remote"] == f"refused-{three_relays.refused_remote}"]
+    assert fails == [3]

@@ -36,7 +36,9 @@
         up.className = "rate-up";
         var down = document.createElement("span");
         down.className = "rate-down";
-        head.appendChild(name); head.appendChild(up); head.appendChild(down);
+        var badge = document.createElement("span");  // set from the relays feed
+        badge.className = "badge";
+        head.appendChild(name); head.appendChild(badge); head.appendChild(up); head.appendChild(down);
         var plot = document.createElement("div");
         plot.className = "plot";
         box.appendChild(head); box.appendChild(plot);
@@ -58,7 +60,7 @@
             ]
         };
         var u = new uPlot(opts, [[], [], []], plot);
-        return { box: box, upText: up, downText: down, plot: u };
+        return { box: box, upText: up, downText: down, badge: badge, plot: u };
     }
 
     // one muted row across the table, for a table with nothing to show yet
@@ -135,6 +137,7 @@
             if (!c) {
                 if (empty) { empty.remove(); empty = null; }
                 c = charts[label] = makeChart(label);
+                paintStatus(label);
             }
             c.plot.setData([s.t, s.up, s.down]);
             var n = s.t.length;
@@ -194,6 +197,16 @@
         return line;
     }
 
+    // a failing relay's flat chart must not look like an idle one: its head carries the status
+    var relayStatus = {};
+
+    function paintStatus(label) {
+        var chart = charts[label], status = relayStatus[label];
+        if (!chart || !status) return;
+        chart.box.className = "relay status-" + status.replace(" ", "-");
+        chart.badge.textContent = status;
+    }
+
     function renderRelays(data) {
         var body = document.getElementById("relays");
         body.textContent = "";
@@ -219,6 +232,8 @@
             tr.appendChild(el("td", "num failed" + (relay.dials_failed ? " error" : ""),
                               String(relay.dials_failed)));
             body.appendChild(tr);
+            relayStatus[relay.label] = relay.status;
+            paintStatus(relay.label);
         });
         window.ehcoRelayPolls += 1;
     }
