@@ -210,6 +210,9 @@ def test_connections_active_then_closed(web_node):
     page = node.get("/connections/?conn_type=closed").text
     assert client in page and "up: 3.00 KiB" in page
     assert "No connection is open right now" in node.get("/connections/?conn_type=active").text
+    # opened without a type, with nothing open: the page shows the closed one and says why
+    page = node.get("/connections/").text
+    assert 'id="auto-closed"' in page and client in page and "up: 3.00 KiB" in page
 
 
 def test_connections_paging(web_node):
