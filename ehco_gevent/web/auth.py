@@ -43,9 +43,11 @@ def loopback_only(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:  # a name: it may resolve to anything
         return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or addr).is_loopback
 
 
 def unguarded_exposure(host: str, token: str, user: str, password: str) -> bool:
