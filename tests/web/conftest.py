@@ -100,6 +100,16 @@ class ThreeRelays:
     refused_remote: str
     udp_port: int
 
+    def refuse_and_echo_udp(self, dials: int = 3) -> None:
+        """``dials`` connections through ``refused`` (each closed by the relay), and one
+        datagram echoed through ``udp``."""
+        for _ in range(dials):
+            refused_dial(self.refused_port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(10)
+            udp.sendto(b"ping", (LOOPBACK, self.udp_port))
+            assert udp.recvfrom(100)[0] == b"ping"
+
 
 def refused_dial(port: int) -> None:
     """Connect to a relay whose remote refuses: the relay closes us without a byte."""

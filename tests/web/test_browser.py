@@ -168,8 +168,6 @@ def test_index_relays_table_marks_the_failing_remote(three_relays, browser):
     charts, the refusing remote reads as failed with its error, the axes use the header's
     units, and the connections page opens on the finished connection once none is open."""
     from ..support import roundtrip
-    from .conftest import refused_dial
-
     node = three_relays.node
     assert roundtrip(three_relays.ok_port, b"hello") == b"hello"
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
@@ -181,12 +179,7 @@ def test_index_relays_table_marks_the_failing_remote(three_relays, browser):
     page.locator("#conn-rows tr td.label", has_text="ok").first.wait_for(timeout=15000)
 
     page.goto(node.url("/"))
-    for _ in range(3):
-        refused_dial(three_relays.refused_port)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.settimeout(10)
-        udp.sendto(b"ping", (LOOPBACK, three_relays.udp_port))
-        assert udp.recvfrom(100)[0] == b"ping"
+    three_relays.refuse_and_echo_udp(dials=3)
     traffic = SteadyTraffic(three_relays.ok_port)
     try:
         failing = "#relays tr[data-relay='refused'][data-status='failing']"

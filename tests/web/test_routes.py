@@ -427,17 +427,10 @@ def test_path_without_trailing_slash_redirects_keeping_the_query(web_node):
 def test_relays_feed_shows_dials_traffic_and_failures(three_relays):
     """The index page's table feed: the relay whose remote refuses every dial reads failing,
     with the error and the exact count; the working one its latency and bytes."""
-    from .conftest import refused_dial
-
     node = three_relays.node
     payload = b"r" * 5000
     assert sha(roundtrip(three_relays.ok_port, payload)) == sha(payload)
-    for _ in range(3):
-        refused_dial(three_relays.refused_port)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.settimeout(10)
-        udp.sendto(b"ping", (LOOPBACK, three_relays.udp_port))
-        assert udp.recvfrom(100)[0] == b"ping"
+    three_relays.refuse_and_echo_udp(dials=3)
 
     def rows():
         return {r["label"]: r for r in node.get("/api/v1/relays/").json()["relays"]}
