@@ -87,6 +87,7 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:   stop()                      at exit
 SERVICE_FACTORIES: list[str] = [
     "ehco_gevent.observability.metrics:create_service",
+    "ehco_gevent.remote_state:create_service",
     "ehco_gevent.web:create_service",
     "ehco_gevent.observability.ping:create_service",
     "ehco_gevent.observability.relay_sync:create_service",

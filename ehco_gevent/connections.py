@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .remote_state import RemoteState
 #: closed connections kept for the web page and the sync; older ones are dropped
 CLOSED_KEEP = 1000
 
@@ -74,8 +73,8 @@ class ConnectionRegistry:
         self.closed_totals: dict[tuple[str, str], list[int]] = {}
         #: relay label -> [up, down] bytes of connections already closed (the web traffic chart)
         self.relay_closed_totals: dict[str, list[int]] = {}
-        #: remote_label -> what the dials to it did (last result, latency, error, counts)
-        self.remotes: dict[str, RemoteState] = {}
+        #: remote_label -> dials that failed (no Connection record exists for them)
+        self.dial_failures: dict[str, int] = {}
         #: called with every new Connection (the handshake histogram observes dial times here)
         self.open_listeners: list[Callable[[Connection], None]] = []
 
@@ -88,23 +87,9 @@ class ConnectionRegistry:
             listener(conn)
         return conn
 
-    def remote_state(self, remote_label: str) -> RemoteState:
-        state = self.remotes.get(remote_label)
-        if state is None:
-            state = self.remotes[remote_label] = RemoteState(remote_label)
-        return state
-
-    def dial_ok(self, remote_label: str, ms: float) -> None:
-        self.remote_state(remote_label).dial_ok(ms)
-
-    def dial_failed(self, remote_label: str, error: str = "") -> None:
+    def dial_failed(self, remote_label: str) -> None:
         """Count a dial that failed, so an alert can tell a broken remote from an idle one."""
-        self.remote_state(remote_label).dial_failed(error)
-
-    @property
-    def dial_failures(self) -> dict[str, int]:
-        """remote_label -> dials that failed (no Connection record exists for them)."""
-        return {label: s.dials_failed for label, s in self.remotes.items() if s.dials_failed}
+        self.dial_failures[remote_label] = self.dial_failures.get(remote_label, 0) + 1
 
     def close(self, conn: Connection) -> None:
         if self.active.pop(conn.id, None) is None:

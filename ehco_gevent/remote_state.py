@@ -1,58 +1,95 @@
-"""What the last dials to one remote did: the record behind the index page's relays table.
-
-One :class:`RemoteState` per remote label (``RELAYLABEL-REMOTE``), kept by the connection
-registry and written by the relay's dial path with two plain attribute updates per dial (no
-lock, no greenlet: the hub runs one greenlet at a time). A remote whose every dial is refused
-then reads as failing, with the error, instead of looking like an idle one.
-
-Kept small and in one place on purpose: failover and health checks (issue 12) track their own
-view of a remote's health; this is the observed history the operator sees.
+"""The remotes' state made visible: ``/api/v1/relays/`` (JSON) and the Prometheus series
+``ehco_gevent_remote_up{label,remote}`` (1 up, 0 down) and
+``ehco_gevent_remote_last_dial_seconds{label,remote}`` (the last successful dial), next to the
+per-remote ``ehco_gevent_dial_failures{remote}`` and ``ehco_traffic_handshake_duration{remote}``
+that the metrics module keeps. The figures are read from each running relay's balancer at
+request time; nothing is recorded per connection here.
 """
 
 from __future__ import annotations
 
-import time
+from typing import Any, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 
-class RemoteState:
-    __slots__ = ("remote", "dials_ok", "dials_failed", "last_ok", "last_at", "last_ms",
-                 "last_error")
-
-    def __init__(self, remote: str):
-        self.remote = remote
-        self.dials_ok = 0
-        self.dials_failed = 0
-        #: None before the first dial, then whether the last dial succeeded
-        self.last_ok: bool | None = None
-        self.last_at = 0.0  # unix time of the last dial
-        self.last_ms = 0.0  # latency of the last successful dial
-        self.last_error = ""  # why the last failed dial failed
-
-    def dial_ok(self, ms: float) -> None:
-        self.dials_ok += 1
-        self.last_ok = True
-        self.last_ms = ms
-        self.last_at = time.time()
-
-    def dial_failed(self, error: str) -> None:
-        self.dials_failed += 1
-        self.last_ok = False
-        self.last_error = error
-        self.last_at = time.time()
-
-    @property
-    def status(self) -> str:
-        """``idle`` (never dialled), ``ok`` or ``failing`` (the last dial failed)."""
-        if self.last_ok is None:
-            return "idle"
-        return "ok" if self.last_ok else "failing"
-
-    def to_json(self) -> dict:
-        return {
-            "status": self.status,
-            "dials_ok": self.dials_ok,
-            "dials_failed": self.dials_failed,
-            "last_dial_at": self.last_at or None,
-            "last_dial_ms": round(self.last_ms, 3) if self.dials_ok else None,
-            "last_error": self.last_error if self.last_ok is False else "",
+def relay_states(app: Any) -> list[dict]:
+    """Every running relay with its strategy, its health-check settings and each remote's
+    state (see :meth:`ehco_gevent.balancer.RemoteState.to_json`)."""
+    out = []
+    for label, relay in list(app.relays.relays.items()):
+        cfg = relay.cfg
+        hc = cfg.health_check
+        item = {
+            "label": label,
+            "listen": cfg.listen,
+            "listen_type": cfg.listen_type,
+            "transport_type": cfg.transport_type,
+            "lb_strategy": cfg.lb_strategy,
+            "max_fails": cfg.max_fails,
+            "fail_timeout": cfg.fail_timeout,
+            "health_check": None if hc is None else {"interval": hc.interval, "timeout": hc.timeout,
+                                                     "rise": hc.rise, "fall": hc.fall},
+            "send_proxy": cfg.send_proxy,
+            "accept_proxy": cfg.accept_proxy,
+            "tcp_remotes": relay.tcp_lb.snapshot() if relay.tcp_lb is not None else [],
+            "udp_remotes": relay.udp.lb.snapshot() if relay.udp is not None else [],
         }
+        out.append(item)
+    return out
+
+
+def remote_states(app: Any) -> dict[str, dict[str, dict]]:
+    """``{relay label: {remote: state}}`` for pages that show one row per relay."""
+    return {item["label"]: {r["remote"]: r for r in item["tcp_remotes"] + item["udp_remotes"]}
+            for item in relay_states(app)}
+
+
+class RemoteCollector:
+    def __init__(self, app: Any):
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("ehco_gevent_remote_up",
+                               "1 when the remote is up (health checks and passive failover), "
+                               "0 when it is skipped", labels=["label", "remote"])
+        last = GaugeMetricFamily("ehco_gevent_remote_last_dial_seconds",
+                                 "seconds the last successful dial to the remote took",
+                                 labels=["label", "remote"])
+        for label, relay in list(self.app.relays.relays.items()):
+            seen = set()  # a UDP remote at a TCP remote's address is shown once, as the TCP one
+            for lb in (relay.tcp_lb, relay.udp.lb if relay.udp is not None else None):
+                if lb is None:
+                    continue
+                for state, (address, is_up) in zip(lb.states, lb.up_states()):
+                    if address in seen:
+                        continue
+                    seen.add(address)
+                    up.add_metric([label, address], 1 if is_up else 0)
+                    if state.last_dial_ms is not None:
+                        last.add_metric([label, address], state.last_dial_ms / 1000)
+        yield up
+        yield last
+
+
+class RemoteStateService:
+    def __init__(self, app: Any):
+        self.app = app
+        from .observability.metrics import metrics_for
+
+        metrics_for(app).add(RemoteCollector(app))
+
+    def blueprint(self):
+        from flask import Blueprint
+
+        bp = Blueprint("relays_state", __name__)
+
+        @bp.get("/api/v1/relays/")
+        def relays_json():
+            return {"relays": relay_states(self.app)}
+
+        return bp
+
+
+def create_service(app: Any) -> RemoteStateService:
+    return RemoteStateService(app)

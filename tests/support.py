@@ -136,13 +136,14 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "config.json") -> Path:
 
 
 class EchoServer:
-    """Threaded TCP echo server; optionally greets first (a server-first protocol)."""
+    """Threaded TCP echo server; optionally greets first (a server-first protocol). ``port``
+    brings a stopped server back on its old port."""
 
-    def __init__(self, greeting: bytes = b"", host: str = LOOPBACK):
+    def __init__(self, greeting: bytes = b"", host: str = LOOPBACK, port: int = 0):
         self.greeting = greeting
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0

@@ -25,6 +25,37 @@ def test_defaults():
     assert r.remote_label("127.0.0.1:5201") == "a-127.0.0.1:5201"
 
 
+def test_balancing_and_proxy_keys_defaults_and_values():
+    r = parse_config({"relay_configs": [relay()]})[0].relay_configs[0]
+    assert (r.lb_strategy, r.max_fails, r.fail_timeout, r.dial_timeout, r.health_check,
+            r.send_proxy, r.accept_proxy, r.accept_proxy_from) == (
+        "round_robin", 1, 10.0, 13.0, None, "", False, ())
+    cfg, warnings = parse_config({"relay_configs": [relay(
+        lb_strategy="ip_hash", max_fails=3, fail_timeout=2.5, dial_timeout=4,
+        health_check={"interval": 1, "rise": 3, "bogus": 1}, send_proxy="v2",
+        accept_proxy=True, accept_proxy_from=["10.0.0.0/8", "::1/128"])]}, "c.json")
+    r = cfg.relay_configs[0]
+    assert (r.lb_strategy, r.max_fails, r.fail_timeout, r.dial_timeout) == ("ip_hash", 3, 2.5, 4.0)
+    hc = r.health_check
+    assert (hc.interval, hc.timeout, hc.rise, hc.fall) == (1.0, 2.0, 3, 3)
+    assert r.accept_proxy_from == ("10.0.0.0/8", "::1/128")
+    assert warnings == ["config c.json: relay_configs[0]: health_check: unknown key 'bogus' ignored"]
+    assert parse_config({"relay_configs": [relay(health_check=True)]})[0].relay_configs[0] \
+        .health_check.fall == 3
+    _, warnings = parse_config({"relay_configs": [relay(accept_proxy_from=["10.0.0.0/8"])]}, "c")
+    assert warnings == ["config c: relay_configs[0]: accept_proxy_from is ignored without "
+                        "accept_proxy: true"]
+
+
+def test_an_ehco_relay_reads_back_without_new_keys():
+    """/api/v1/config/ of an ehco 1.1.4 config shows the keys it had, nothing added."""
+    doc = relay(label="a", listen_type="raw", transport_type="ws", udp_remotes=[],
+                tcp_remotes=["ws://1.1.1.1:1", "ws://2.2.2.2:2"])
+    assert parse_config({"relay_configs": [doc]})[0].relay_configs[0].to_json() == doc
+    changed = parse_config({"relay_configs": [{**doc, "lb_strategy": "failover"}]})[0]
+    assert changed.relay_configs[0].to_json()["lb_strategy"] == "failover"
+
+
 def test_default_label_is_ehco_format():
     cfg, _ = parse_config({"relay_configs": [relay(tcp_remotes=["1.1.1.1:1", "2.2.2.2:2"],
                                                    transport_type="ws")]})
@@ -43,6 +74,19 @@ def test_default_label_is_ehco_format():
     (relay(tcp_remotes="1.1.1.1:1"), ["tcp_remotes", "expected a list"]),
     (relay(udp_remotes=["1.1.1.1"]), ["udp_remotes[0]"]),
     (relay(listen="127.0.0.1:99999"), ["listen", "port"]),
+    (relay(lb_strategy="fastest", label="x"), ["(label 'x')", "lb_strategy", "fastest"]),
+    (relay(max_fails=0), ["max_fails", "at least 1"]),
+    (relay(max_fails=1.5), ["max_fails", "whole number"]),
+    (relay(fail_timeout=-1), ["fail_timeout", "greater than 0"]),
+    (relay(dial_timeout="3s"), ["dial_timeout", "number of seconds"]),
+    (relay(health_check=[1]), ["health_check", "expected an object"]),
+    (relay(health_check={"interval": 0}), ["health_check: interval", "greater than 0"]),
+    (relay(health_check={"fall": True}), ["health_check: fall", "whole number"]),
+    (relay(send_proxy="v3"), ["send_proxy", "v1 or v2"]),
+    (relay(send_proxy=2), ["send_proxy", "expected a string"]),
+    (relay(accept_proxy="yes"), ["accept_proxy", "true or false"]),
+    (relay(accept_proxy=True, accept_proxy_from=["10.0.0.0/33"]), ["accept_proxy_from[0]"]),
+    (relay(accept_proxy=True, accept_proxy_from=[10]), ["accept_proxy_from[0]", "CIDR"]),
 ])
 def test_relay_errors_name_relay_and_key(bad, words):
     with pytest.raises(ConfigError) as info:

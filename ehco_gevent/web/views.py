@@ -21,7 +21,7 @@ from .config_dump import config_dump
 from .errors import BASIC_CHALLENGE, JSON_TYPE, MISSING_TOKEN, echo_error, from_http_exception
 from .formatting import (DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, duration, parse_positive,
                          pretty_bytes, span)
-from .relays import relay_rows
+from .relays import table
 from .traffic import SAMPLE_INTERVAL
 
 log = logging.getLogger("ehco.web")
@@ -94,12 +94,6 @@ def create_flask_app(app: Any, service: Any) -> Flask:
     def connections():
         view = connection_page(app.registry, request.args)
         return render_template("connections.html", **view)
-
-    @flask.get("/api/v1/relays/")
-    def relays_json():
-        return {"now": time.time(),
-                "relays": relay_rows([r.cfg for r in app.relays.relays.values()], app.registry)}
-
     # -- feeds and API ------------------------------------------------------------------------
     @flask.get("/api/v1/connections/")
     def connections_json():
@@ -111,9 +105,11 @@ def create_flask_app(app: Any, service: Any) -> Flask:
 
     @flask.get("/api/v1/traffic/")
     def traffic_json():
+        """Everything the index page shows live: chart series, the relays table, pings,
+        proxy users, in one poll."""
         return {"interval": SAMPLE_INTERVAL, "now": time.time(),
-                "relays": service.history.to_json(), "pings": service.ping_latencies(),
-                "proxy_users": proxy_users(app)}
+                "relays": service.history.to_json(), "table": table(app),
+                "pings": service.ping_latencies(), "proxy_users": proxy_users(app)}
 
     @flask.get("/api/v1/proxy_users/")
     def proxy_users_json():

@@ -184,10 +184,10 @@ def test_index_relays_table_marks_the_failing_remote(three_relays, browser):
     try:
         failing = "#relays tr[data-relay='refused'][data-status='failing']"
         page.wait_for_selector(failing, timeout=30000)
-        line = page.locator(f"{failing} .remote[data-status='failing']")
-        assert line.locator(".badge").text_content() == "failed"
+        line = page.locator(f"{failing} .remote[data-status='down']")  # max_fails 1: down
+        assert line.locator(".badge").text_content() == "down"
         assert "refused" in line.locator(".error").text_content().lower()
-        assert "3 of 3 dials failed" in line.text_content()
+        assert "(3 of 3 dials failed)" in line.text_content()
         assert page.text_content(f"{failing} td.failed") == "3"
         # an error reads as an error: red, not the muted grey of an idle remote
         color = page.eval_on_selector(f"{failing} .remote .error", "e => getComputedStyle(e).color")

@@ -1,58 +1,61 @@
-"""The relays table's rows, from relay configs and a registry fed by hand."""
+"""The relays table's rows and statuses, from balancer snapshots and registry totals."""
 
 from __future__ import annotations
 
-from ehco_gevent.config import parse_config
-from ehco_gevent.connections import ConnectionRegistry
-from ehco_gevent.web.relays import relay_rows, relay_status
+from ehco_gevent.web.relays import relay_rows, relay_status, remote_status, side_status
 
 
-def cfgs():
-    cfg, _ = parse_config({"relay_configs": [
-        {"listen": "127.0.0.1:1", "label": "two", "transport_type": "ws",
-         "tcp_remotes": ["ws://10.0.0.1:80", "ws://10.0.0.2:80"]},
-        {"listen": "127.0.0.1:2", "label": "udp", "udp_remotes": ["10.0.0.3:53"]}]})
-    return cfg.relay_configs
+def state(remote, **kw):
+    base = {"remote": remote, "up": True, "reason": "", "open_connections": 0, "dials": 0,
+            "dial_failures": 0, "last_dial_ms": None, "last_error": ""}
+    base.update(kw)
+    return base
+
+
+def test_remote_status():
+    assert remote_status(state("a"), "tcp") == "idle"
+    assert remote_status(state("a", dials=2, last_dial_ms=1.5), "tcp") == "ok"
+    assert remote_status(state("a", dials=3, dial_failures=3, last_error="refused"),
+                         "tcp") == "failing"
+    # the error is history once a dial worked (the balancer clears it)
+    assert remote_status(state("a", dials=4, dial_failures=3), "tcp") == "ok"
+    assert remote_status(state("a", up=False, reason="health check failed"), "tcp") == "down"
+    assert remote_status(state("a", open_connections=1), "udp") == "no reply"
 
 
 def test_rows_carry_dials_traffic_and_status():
-    registry = ConnectionRegistry()
-    two, udp = cfgs()
-    registry.dial_ok(two.remote_label("ws://10.0.0.1:80"), 3.5)
-    conn = registry.open("two", "tcp", "c:1", "ws://10.0.0.1:80",
-                         two.remote_label("ws://10.0.0.1:80"), 3.5)
-    conn.add_up(100)
-    conn.add_down(200)
-    registry.dial_failed(two.remote_label("ws://10.0.0.2:80"), "timed out")
-    rows = relay_rows([two, udp], registry)
-    row = rows[0]
-    assert (row["label"], row["listen"], row["listen_type"], row["transport_type"]) == (
-        "two", "127.0.0.1:1", "raw", "ws")
+    states = [{"label": "two", "listen": "127.0.0.1:1", "listen_type": "raw",
+               "transport_type": "ws", "lb_strategy": "failover",
+               "tcp_remotes": [state("ws://10.0.0.1:80", dials=1, last_dial_ms=3.5,
+                                     open_connections=1),
+                               state("ws://10.0.0.2:80", dials=1, dial_failures=1,
+                                     last_error="timed out")],
+               "udp_remotes": []}]
+    totals = {("two-ws://10.0.0.1:80", "tcp"): [100, 200]}
+    (row,) = relay_rows(states, totals)
+    assert (row["label"], row["listen"], row["listen_type"], row["transport_type"],
+            row["lb_strategy"]) == ("two", "127.0.0.1:1", "raw", "ws", "failover")
     assert (row["status"], row["active"], row["up_bytes"], row["down_bytes"],
             row["dials_failed"]) == ("degraded", 1, 100, 200, 1)
     good, bad = row["remotes"]
-    assert (good["status"], good["last_dial_ms"], good["active"]) == ("ok", 3.5, 1)
-    assert (bad["status"], bad["last_error"], bad["dials_failed"]) == ("failing", "timed out", 1)
-    assert rows[1]["status"] == "idle" and rows[1]["remotes"][0]["type"] == "udp"
-    # the open connection ends: its bytes stay in the row
-    registry.close(conn)
-    assert relay_rows([two], registry)[0]["up_bytes"] == 100
+    assert (good["status"], good["last_dial_ms"], good["active"], good["up_bytes"]) == (
+        "ok", 3.5, 1, 100)
+    assert (bad["status"], bad["last_error"], bad["dials_failed"], bad["up_bytes"]) == (
+        "failing", "timed out", 1, 0)
 
 
-def test_udp_remote_that_never_answers():
-    registry = ConnectionRegistry()
-    _, udp = cfgs()
-    conn = registry.open("udp", "udp", "c:2", "10.0.0.3:53", udp.remote_label("10.0.0.3:53"))
-    conn.add_up(40)
-    assert relay_rows([udp], registry)[0]["status"] == "no reply"
-    conn.add_down(40)
-    assert relay_rows([udp], registry)[0]["status"] == "ok"
+def test_relay_status_is_the_worst_side():
+    assert side_status(["failing", "down"]) == "failing"
+    assert side_status(["failing", "idle"]) == "degraded"
+    assert side_status(["ok", "idle"]) == "ok"
+    assert side_status(["idle"]) == "idle"
 
+    def rows(*pairs):
+        return [{"type": kind, "status": status} for kind, status in pairs]
 
-def test_relay_status_is_the_worst_remote():
-    tcp = lambda status: {"type": "tcp", "status": status}  # noqa: E731
-    assert relay_status([tcp("failing"), tcp("failing")]) == "failing"
-    assert relay_status([tcp("failing"), tcp("idle")]) == "degraded"
-    assert relay_status([tcp("ok"), tcp("idle")]) == "ok"
-    assert relay_status([tcp("idle")]) == "idle"
-    assert relay_status([tcp("ok"), {"type": "udp", "status": "no reply"}]) == "no reply"
+    assert relay_status(rows(("tcp", "failing"))) == "failing"
+    # an unused UDP side does not soften a failing TCP one; a working one does
+    assert relay_status(rows(("tcp", "failing"), ("udp", "idle"))) == "failing"
+    assert relay_status(rows(("tcp", "failing"), ("udp", "ok"))) == "degraded"
+    assert relay_status(rows(("tcp", "ok"), ("udp", "no reply"))) == "no reply"
+    assert relay_status(rows(("tcp", "idle"), ("udp", "idle"))) == "idle"

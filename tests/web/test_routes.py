@@ -422,32 +422,35 @@ def test_path_without_trailing_slash_redirects_keeping_the_query(web_node):
 
 
 def test_relays_feed_shows_dials_traffic_and_failures(three_relays):
-    """The index page's table feed: the relay whose remote refuses every dial reads failing,
-    with the error and the exact count; the working one its latency and bytes."""
+    """The index page's table (the ``table`` of its feed): the relay whose remote refuses every
+    dial reads failing, with the error and the exact count; the working one its latency and
+    bytes; the UDP one its session."""
     node = three_relays.node
     payload = b"r" * 5000
     assert sha(roundtrip(three_relays.ok_port, payload)) == sha(payload)
     three_relays.refuse_and_echo_udp(dials=3)
 
     def rows():
-        return {r["label"]: r for r in node.get("/api/v1/relays/").json()["relays"]}
+        return {r["label"]: r for r in node.get("/api/v1/traffic/").json()["table"]}
 
     data = wait_for(rows, lambda d: d["ok"]["down_bytes"] == 5000
                     and d["refused"]["dials_failed"] == 3 and d["udp"]["down_bytes"] == 4,
-                    "relays feed")
+                    "relays table")
     assert list(data) == ["ok", "refused", "udp"]  # config order
     ok, refused, udp = data["ok"], data["refused"], data["udp"]
     assert (ok["status"], ok["up_bytes"], ok["active"], ok["dials_failed"]) == ("ok", 5000, 0, 0)
     remote = ok["remotes"][0]
-    assert (remote["status"], remote["dials_ok"], remote["type"]) == ("ok", 1, "tcp")
+    assert (remote["status"], remote["dials"], remote["type"]) == ("ok", 1, "tcp")
     assert remote["last_dial_ms"] > 0 and remote["last_error"] == ""
     assert (refused["status"], refused["listen"], refused["listen_type"],
             refused["transport_type"]) == ("failing", f"{LOOPBACK}:{three_relays.refused_port}",
                                            "raw", "raw")
     bad = refused["remotes"][0]
-    assert (bad["remote"], bad["status"], bad["dials_failed"], bad["dials_ok"]) == (
-        three_relays.refused_remote, "failing", 3, 0)
-    assert "refused" in bad["last_error"].lower() and bad["last_dial_ms"] is None
+    assert (bad["remote"], bad["dials_failed"], bad["dials"]) == (
+        three_relays.refused_remote, 3, 3)
+    # marked down by passive failover (max_fails 1), the refusal kept as the last error
+    assert bad["status"] == "down" and "failed dial" in bad["reason"]
+    assert "refused" in bad["last_error"].lower()
     assert (udp["status"], udp["remotes"][0]["type"], udp["up_bytes"]) == ("ok", "udp", 4)
     assert udp["active"] == 1  # the UDP session lives until its idle timeout
     # the same count in the metrics, so an alert sees what the page shows

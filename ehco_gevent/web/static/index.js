@@ -150,6 +150,7 @@
         Object.keys(charts).forEach(function (label) {
             if (!seen[label]) { charts[label].plot.destroy(); charts[label].box.remove(); delete charts[label]; }
         });
+        renderRelays(data.table || []);
         renderPings(data.pings || []);
         renderProxyUsers(data.proxy_users, data.now);
         window.ehcoTrafficPolls += 1;
@@ -165,34 +166,28 @@
         return e;
     }
 
-    function ago(t, now) {
-        if (!t) return "";
-        var s = Math.max(0, Math.round(now - t));
-        return s < 60 ? s + " s ago" : s < 3600 ? Math.round(s / 60) + " min ago"
-            : Math.round(s / 3600) + " h ago";
-    }
+    // one line per remote: status badge, address, then the latency, or the error in red
+    var BADGE = { ok: "ok", failing: "failed", down: "down", idle: "no dial yet",
+                  "no reply": "no reply" };
 
-    // one line per remote: status badge, address, then the latency or the error
-    function remoteLine(r, now) {
+    function remoteLine(r) {
         var line = el("div", "remote status-" + r.status.replace(" ", "-"));
         line.setAttribute("data-remote", r.remote);
         line.setAttribute("data-status", r.status);
-        var badge = { ok: "ok", failing: "failed", idle: "no dial yet", "no reply": "no reply" };
-        line.appendChild(el("span", "badge", r.type === "udp" && r.status === "idle" ? "udp" : badge[r.status]));
+        line.appendChild(el("span", "badge", BADGE[r.status] || r.status));
         line.appendChild(el("code", "", r.remote));
-        if (r.type === "udp") {
-            line.appendChild(el("span", "muted", r.status === "no reply"
-                ? " udp: datagrams sent, none came back" : " udp"));
-        } else if (r.status === "failing") {
-            line.appendChild(el("span", "error", " " + r.last_error));
-            line.appendChild(el("span", "muted", " (" + ago(r.last_dial_at, now) + ")"));
-        } else if (r.status === "ok") {
+        if (r.type === "udp") line.appendChild(el("span", "tag", "udp"));
+        if (r.status === "failing" || r.status === "down") {
+            var why = [r.reason, r.last_error].filter(function (x) { return x; }).join("; last: ");
+            line.appendChild(el("span", "error", " " + why));
+        } else if (r.status === "no reply") {
+            line.appendChild(el("span", "muted", " datagrams sent, none came back yet"));
+        } else if (r.last_dial_ms != null) {
             line.appendChild(el("span", "latency", " " + r.last_dial_ms.toFixed(1) + " ms"));
-            line.appendChild(el("span", "muted", " (" + ago(r.last_dial_at, now) + ")"));
         }
         if (r.dials_failed) {
-            line.appendChild(el("span", "fails", " " + r.dials_failed + " of " +
-                (r.dials_failed + r.dials_ok) + " dials failed"));
+            line.appendChild(el("span", "fails", " (" + r.dials_failed + " of " + r.dials +
+                                " dials failed)"));
         }
         return line;
     }
@@ -207,11 +202,11 @@
         chart.badge.textContent = status;
     }
 
-    function renderRelays(data) {
+    function renderRelays(rows) {
         var body = document.getElementById("relays");
         body.textContent = "";
-        if (!data.relays.length) emptyRow(body, 7, "No relays running.");
-        data.relays.forEach(function (relay) {
+        if (!rows.length) emptyRow(body, 7, "No relays running.");
+        rows.forEach(function (relay) {
             var tr = el("tr", "relay-row status-" + relay.status.replace(" ", "-"));
             tr.setAttribute("data-relay", relay.label);
             tr.setAttribute("data-status", relay.status);
@@ -220,9 +215,11 @@
             name.appendChild(el("span", "badge", relay.status));
             tr.appendChild(name);
             var listen = el("td"); listen.appendChild(el("code", "", relay.listen)); tr.appendChild(listen);
-            tr.appendChild(el("td", "types", relay.listen_type + " \u2192 " + relay.transport_type));
+            var types = el("td", "types", relay.listen_type + " \u2192 " + relay.transport_type);
+            if (relay.remotes.length > 1) types.appendChild(el("div", "muted small", relay.lb_strategy));
+            tr.appendChild(types);
             var remotes = el("td", "remotes");
-            relay.remotes.forEach(function (r) { remotes.appendChild(remoteLine(r, data.now)); });
+            relay.remotes.forEach(function (r) { remotes.appendChild(remoteLine(r)); });
             tr.appendChild(remotes);
             tr.appendChild(el("td", "num active", String(relay.active)));
             var traffic = el("td", "traffic");
@@ -246,7 +243,6 @@
     }
 
     function poll() {
-        getJSON("/api/v1/relays/", renderRelays, "relays");
         getJSON("/api/v1/traffic/", apply, "traffic");
     }
 
