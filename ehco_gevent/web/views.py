@@ -3,6 +3,7 @@
 Every request, static files and other services' blueprints included, passes ``before_request``
 first, so with a token or basic auth configured nothing at all is served without it. The gate
 reads the running config on each request, so a reload that changes the token applies at once.
+Errors, the gate's included, answer in the JSON shape of Go ehco's framework (:mod:`.errors`).
 """
 
 from __future__ import annotations

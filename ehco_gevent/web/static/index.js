@@ -1,6 +1,6 @@
-/* Index page: the relays table (from /api/v1/relays/), one uPlot chart per relay (bytes/s up
- * and down), ping latencies, the proxy's users, reload button. Polls both feeds every sample
- * interval; charts are kept in window.ehcoCharts by label. */
+/* Index page: the relays table, one uPlot chart per relay (bytes/s up and down), ping
+ * latencies, the proxy's users, reload button. Polls /api/v1/traffic/ every sample interval;
+ * charts are kept in window.ehcoCharts by label. */
 (function () {
     "use strict";
     var root = document.getElementById("traffic");
@@ -157,7 +157,6 @@
     }
 
     // -- relays table ----------------------------------------------------------------------
-    window.ehcoRelayPolls = 0;
 
     function el(tag, cls, text) {
         var e = document.createElement(tag);
@@ -232,18 +231,13 @@
             relayStatus[relay.label] = relay.status;
             paintStatus(relay.label);
         });
-        window.ehcoRelayPolls += 1;
-    }
-
-    function getJSON(path, then, what) {
-        fetch(window.ehcoUrl(path), { credentials: "same-origin" })
-            .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
-            .then(then)
-            .catch(function (e) { console.warn(what + " poll failed:", e); });
     }
 
     function poll() {
-        getJSON("/api/v1/traffic/", apply, "traffic");
+        fetch(window.ehcoUrl("/api/v1/traffic/"), { credentials: "same-origin" })
+            .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+            .then(apply)
+            .catch(function (e) { console.warn("traffic poll failed:", e); });
     }
 
     window.addEventListener("resize", function () {
