@@ -257,7 +257,8 @@
                 if (!res[0]) {  // errors come as echo's {"message": ...}
                     try { text = JSON.parse(text).message; } catch (e) { /* plain text */ }
                 }
-                result.textContent = (res[0] ? "" : "failed: ") + text;
+                // a partial reload names what started, was kept and failed: no "failed:" first
+                result.textContent = (res[0] || text.indexOf("reload:") === 0 ? "" : "failed: ") + text;
             })
             .catch(function (e) { result.textContent = "failed: " + e; });
     });
