@@ -216,3 +216,10 @@ def test_index_relays_table_marks_the_failing_remote(three_relays, browser):
     finally:
         traffic.stop()
     assert not traffic.errors, traffic.errors
+    # the reload button reads the reason out of the JSON error
+    node.config_path.write_text('{"relay_configs": [')
+    page.click("#reloadButton")
+    wait_js(page, "document.getElementById('reloadResult').textContent.startsWith('failed: ')",
+            "reload failure shown")
+    shown = page.text_content("#reloadResult")
+    assert "not valid JSON" in shown and '"message"' not in shown, shown
