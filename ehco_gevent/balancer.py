@@ -177,15 +177,20 @@ class Balancer:
         state.dials += 1
         state.dial_failures += 1
         state.last_error = error
+        if state.down_until:
+            # marked before and no success since (a retry after fail_timeout, or a last-resort
+            # try): marked again at once and silently, as gost keeps its fail count until a
+            # success; a dead remote costs one line, not one per fail_timeout
+            state.down_until = now + self.fail_timeout
+            return
         if state.fails == 0 or now - state.window_start > self.fail_timeout:
             state.fails = 0
             state.window_start = now
         state.fails += 1
         if state.fails >= self.max_fails:
-            was_up = state.up(now)
             state.down_until = now + self.fail_timeout
             state.fails = 0
-            if was_up and state.checked_up:
+            if state.checked_up:
                 state.reason = f"{self.max_fails} failed dial(s) within {self.fail_timeout:g} s"
                 self._changed(state, False, f"{state.reason} (last: {error}); skipped for "
                                             f"{self.fail_timeout:g} s")

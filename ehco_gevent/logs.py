@@ -1,9 +1,11 @@
-"""Logging set-up: one line per event on stderr, level names as ehco's (warn, not warning)."""
+"""Logging set-up: one line per event on stderr, level names as ehco's (warn, not warning);
+and :class:`RateLimitedLogger`, for lines a peer could otherwise repeat once per connection."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}
@@ -20,32 +22,47 @@ def setup(level: str) -> None:
     root.setLevel(LEVELS.get(level.lower(), logging.INFO))
 
 
-class Throttle:
-    """At most ``burst`` log lines per ``window`` seconds for one kind of event (a flood of bad
-    handshakes must not flood the log); the next line after a pause says how many were left
-    out."""
+class RateLimitedLogger:
+    """At most one line per cause per ``interval`` seconds.
 
-    def __init__(self, burst: int = 10, window: float = 10.0):
-        import time
+    For causes a peer can repeat at will (a mismatched tunnel, a scanner, a flood of bad
+    handshakes): the operator gets one line per cause per interval, never one per connection.
+    Lines held back are counted, and the next line that passes for that cause says how many.
+    ``cause`` (any hashable) should hold the relay label and the cause, not the client address,
+    or every client would get a line of its own. The table forgets causes idle for longer than
+    ``interval`` and never holds more than ``max_keys``.
+    """
 
-        self._clock = time.monotonic
-        self.burst = burst
-        self.window = window
-        self._window_end = 0.0
-        self._used = 0
-        self.suppressed = 0
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, max_keys: int = 1024):
+        self.logger = logger
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict = {}  # cause -> [time of the last line, lines held back since]
 
-    def __call__(self, logger: logging.Logger, level: int, msg: str, *args) -> None:
-        now = self._clock()
-        if now >= self._window_end:
-            self._window_end = now + self.window
-            self._used = 0
-        if self._used >= self.burst:
-            self.suppressed += 1
-            return
-        self._used += 1
-        if self.suppressed:
-            msg += " (%d similar lines left out)"
-            args = (*args, self.suppressed)
-            self.suppressed = 0
-        logger.log(level, msg, *args)
+    def log(self, level: int, cause, msg: str, *args, force: bool = False) -> bool:
+        """Log ``msg % args`` unless ``cause`` had a line within the interval; True if logged.
+        ``force`` logs anyway (an event the operator caused, such as SIGHUP) and starts the
+        cause's interval from now."""
+        now = time.monotonic()
+        entry = self._seen.get(cause)
+        if entry is not None and now - entry[0] < self.interval and not force:
+            entry[1] += 1
+            return False
+        if entry is None and len(self._seen) >= self.max_keys:
+            self._forget(now)
+        held = entry[1] if entry is not None else 0
+        self._seen[cause] = [now, 0]
+        if held:
+            msg += " (and %d more since the last report)"
+            args = (*args, held)
+        self.logger.log(level, msg, *args)
+        return True
+
+    def warning(self, cause, msg: str, *args) -> bool:
+        return self.log(logging.WARNING, cause, msg, *args)
+
+    def _forget(self, now: float) -> None:
+        for key in [k for k, v in self._seen.items() if now - v[0] >= self.interval]:
+            del self._seen[key]
+        if len(self._seen) >= self.max_keys:  # all recent: start over rather than grow
+            self._seen.clear()

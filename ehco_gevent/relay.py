@@ -35,13 +35,16 @@ from .balancer import Balancer
 from .config import RelayConfig
 from .connections import ConnectionRegistry
 from .health import HealthChecker
-from .logs import Throttle
+from .logs import RateLimitedLogger
 from .pump import pump
 from .transports import make_dialer, make_inbound
 from .transports import proxy_protocol
+from .transports.streams import SocketStream
 from .udp import UDPRelay
 
 log = logging.getLogger("ehco.relay")
+#: refusals a peer can repeat at will (PROXY headers): one line per relay and cause per 10 s
+limited = RateLimitedLogger(log)
 
 _TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -111,7 +114,6 @@ class Relay:
         self.proxy_from = ([ipaddress.ip_network(c, strict=False) for c in cfg.accept_proxy_from]
                            if cfg.accept_proxy and cfg.accept_proxy_from else None)
         self.send_proxy = {"v1": 1, "v2": 2}.get(cfg.send_proxy, 0)
-        self._refusals = Throttle()
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -183,23 +185,29 @@ class Relay:
     def _handle_tcp(self, sock, address) -> None:
         client = format_addr(address)
         if self.proxy_from is not None and not in_networks(address[0], self.proxy_from):
-            self._refusals(log, logging.WARNING, "relay %s: closed connection from %s: not in "
-                           "accept_proxy_from", self.label, client)
+            limited.warning((self.label, "accept_proxy_from"), "relay %s: closed connection from "
+                            "%s: not in accept_proxy_from", self.label, client)
             sock.close()
             return
+        outer = None
+        if self.cfg.accept_proxy and self.cfg.listen_type != "raw":
+            outer = self._outer_header(sock, client)
+            if outer is False:
+                sock.close()
+                return
         try:
-            self.inbound.serve(sock, client,
-                               lambda stream: self._relay_stream(stream, client, address, sock))
+            self.inbound.serve(sock, client, lambda stream: self._relay_stream(
+                stream, client, address, sock, outer))
         except Exception as exc:  # a bad handshake ends this connection only
             log.debug("relay %s: inbound %s from %s failed: %s", self.label,
                       self.cfg.listen_type, client, exc)
         finally:
             sock.close()
 
-    def _relay_stream(self, stream, client: str, peer=None, sock=None) -> None:
+    def _relay_stream(self, stream, client: str, peer=None, sock=None, outer=None) -> None:
         src = dst = None
         if self.cfg.accept_proxy:
-            header = self._accept_header(stream, client)
+            header = outer or self._accept_header(stream, client)
             if header is None:
                 stream.close()
                 return
@@ -274,12 +282,32 @@ class Relay:
         except proxy_protocol.EmptyConnection:
             log.debug("relay %s: %s closed before sending a PROXY header", self.label, client)
         except proxy_protocol.ProxyProtocolError as exc:
-            self._refusals(log, logging.WARNING, "relay %s: closed connection from %s: bad "
-                           "PROXY header: %s", self.label, client, exc)
+            limited.warning((self.label, "PROXY header", proxy_protocol.cause(exc)),
+                            "relay %s: closed connection from %s: bad PROXY header: %s",
+                            self.label, client, exc)
         except OSError as exc:
             log.debug("relay %s: reading the PROXY header from %s failed: %s", self.label,
                       client, exc)
         return None
+
+    def _outer_header(self, sock, client: str):
+        """A tunnel listener may also sit behind a balancer that puts the header in front of
+        the TCP connection (haproxy ``send-proxy``, a cloud NLB): a TLS ClientHello, an HTTP
+        request or an smux frame never starts like a PROXY header, so a peek decides. The
+        header, None when the connection does not start with one (each stream then must), or
+        False (logged) when it starts like one and is bad."""
+        try:
+            with gevent.Timeout(PROXY_HEADER_TIMEOUT, TimeoutError("nothing sent")):
+                first = sock.recv(16, _stdsocket.MSG_PEEK)
+            if not first:
+                return False
+            proxy_protocol.missing(first)
+        except proxy_protocol.ProxyProtocolError:
+            return None
+        except (OSError, TimeoutError) as exc:
+            log.debug("relay %s: %s sent nothing to read: %s", self.label, client, exc)
+            return False
+        return self._accept_header(SocketStream(sock), client) or False
 
     def _send_header(self, upstream, stream, src, dst, sock, client: str, remote: str) -> bool:
         """Write the PROXY header as the upstream's first bytes; False (both closed) on error."""

@@ -53,6 +53,9 @@ def test_passive_down_for_fail_timeout_then_tried_again_and_cleared_by_success(c
         assert not b.up(clock.now)
         clock.now += 0.2
         assert b.up(clock.now)  # fail_timeout over: real traffic tries it again
+        lb.failed(b, "refused")  # and fails: marked again, silently
+        assert not b.up(clock.now)
+        clock.now += 10.1
         lb.succeeded(b, 3.0)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [

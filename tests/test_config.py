@@ -45,6 +45,10 @@ def test_balancing_and_proxy_keys_defaults_and_values():
     _, warnings = parse_config({"relay_configs": [relay(accept_proxy_from=["10.0.0.0/8"])]}, "c")
     assert warnings == ["config c: relay_configs[0]: accept_proxy_from is ignored without "
                         "accept_proxy: true"]
+    _, warnings = parse_config({"relay_configs": [relay(tcp_remotes=[], udp_remotes=["h:1"],
+                                                        send_proxy="v1")]}, "c")
+    assert warnings == ["config c: relay_configs[0]: send_proxy applies to TCP and is ignored "
+                        "on a relay without tcp_remotes"]
 
 
 def test_an_ehco_relay_reads_back_without_new_keys():
@@ -79,6 +83,7 @@ def test_default_label_is_ehco_format():
     (relay(max_fails=1.5), ["max_fails", "whole number"]),
     (relay(fail_timeout=-1), ["fail_timeout", "greater than 0"]),
     (relay(dial_timeout="3s"), ["dial_timeout", "number of seconds"]),
+    (relay(fail_timeout=float("nan")), ["fail_timeout", "finite"]),
     (relay(health_check=[1]), ["health_check", "expected an object"]),
     (relay(health_check={"interval": 0}), ["health_check: interval", "greater than 0"]),
     (relay(health_check={"fall": True}), ["health_check: fall", "whole number"]),
@@ -138,6 +143,32 @@ def test_unknown_keys_are_warned_about():
     assert any("'web_prot'" in w for w in warnings)
     assert any("relay_configs[0]" in w and "'tcp_remote'" in w for w in warnings)
     assert cfg.relay_configs[0].tcp_remotes == ("127.0.0.1:5201",)
+    assert "(did you mean 'web_port'?)" in warnings[0]
+
+
+def test_unknown_keys_come_with_the_error_they_cause():
+    doc = {"web_prot": 1, "relay_configs": [{"listen": "127.0.0.1:1", "tcp_remote": ["h:1"]}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, "c.json")
+    assert "note the unknown key 'tcp_remote' (did you mean 'tcp_remotes'?)" in str(info.value)
+    assert len(info.value.warnings) == 2 and "'web_prot'" in info.value.warnings[0]
+    assert "'tcp_remote' ignored (did you mean 'tcp_remotes'?)" in info.value.warnings[1]
+
+
+def test_nothing_but_unknown_top_level_keys_is_an_error():
+    with pytest.raises(ConfigError, match="only unknown 'relay_config' .did you mean "
+                                          "'relay_configs'.."):
+        parse_config({"relay_config": [relay()]}, "c.json")
+    for fine in ({}, {"web_port": 1, "relay_config": []}, {"xray_config": {}}):
+        parse_config(fine, "c.json")
+
+
+@pytest.mark.parametrize("remote,hint", [("ws://h:1", "needs transport_type ws (-tt ws"),
+                                         ("wss://h:1/p", "transport_type wss or mwss")])
+def test_scheme_on_a_raw_relay_hints_at_the_transport_type(remote, hint):
+    with pytest.raises(ConfigError, match="is not host:port") as info:
+        parse_config({"relay_configs": [relay(tcp_remotes=[remote])]})
+    assert hint in str(info.value)
 
 
 def test_tunnel_remotes_may_carry_a_scheme():
@@ -186,6 +217,14 @@ relay_like = st.fixed_dictionaries({}, optional={
     "tcp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "ws://h:2", ""]), max_size=3) | json_values,
     "udp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "h"]), max_size=2) | json_values,
     "label": st.sampled_from(["a", "b", ""]) | json_values,
+    "lb_strategy": st.sampled_from(["ip_hash", "failover", "x"]) | json_values,
+    "max_fails": json_values, "fail_timeout": json_values, "dial_timeout": json_values,
+    "health_check": st.dictionaries(st.sampled_from(["interval", "timeout", "rise", "fall", "x"]),
+                                    json_values, max_size=3) | json_values,
+    "send_proxy": st.sampled_from(["v1", "v2", "v3"]) | json_values,
+    "accept_proxy": json_values,
+    "accept_proxy_from": st.lists(st.sampled_from(["10.0.0.0/8", "::1", "bad/99"]),
+                                  max_size=2) | json_values,
 })
 
 

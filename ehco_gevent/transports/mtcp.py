@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..config import RelayConfig, remote_host_port
+from . import sniff
 from .smux import SessionPool, serve_session
 from .streams import SocketStream
 from .raw import dial_tcp, tune
@@ -16,7 +17,8 @@ class MTCPInbound:
 
     def serve(self, sock, client_addr: str, on_stream: Callable) -> None:
         tune(sock)
-        serve_session(SocketStream(sock), on_stream)
+        # a ws/wss/raw client sent here is named in the log, instead of a silent reset
+        serve_session(sniff.CheckedStream(sock, "mtcp", self.cfg.label, client_addr), on_stream)
 
     def close(self) -> None:
         pass

@@ -50,6 +50,12 @@ class ProxyProtocolError(ValueError):
     """The bytes are not a valid PROXY header (or did not arrive in time)."""
 
 
+def cause(exc: ProxyProtocolError) -> str:
+    """The kind of a refusal without the peer's bytes in it (``v1 header``, ``v2 header``,
+    ``no PROXY protocol header ...``): a key for rate-limited logging."""
+    return str(exc).split(":", 1)[0][:48]
+
+
 class EmptyConnection(ProxyProtocolError):
     """The peer closed before sending a byte: a health check's connect-and-close, not an attack."""
 

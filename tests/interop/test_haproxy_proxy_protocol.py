@@ -133,3 +133,37 @@ def test_haproxy_health_check_connections_are_not_refusals(ehco, echo_server, tm
         conn.shutdown(socket.SHUT_WR)
         assert conn.recv(100) == b"ping"
     assert "bad PROXY header" not in node.log
+
+
+def test_haproxy_send_proxy_in_front_of_a_ws_listener(ehco, echo_server, tmp_path, procs):
+    """A balancer that puts the header in front of the TCP connection (haproxy send-proxy-v2,
+    a cloud NLB) before a ws tunnel listener with accept_proxy: the upgrade behind it works
+    and the stream's client is the user."""
+    from ehco_gevent.transports import websocket as wsproto
+
+    exit_port, front = free_port(), free_port()
+    cfg = write_config(tmp_path, {"relay_configs": [{
+        "listen": f"{LO}:{exit_port}", "listen_type": "ws", "label": "ws-exit",
+        "accept_proxy": True, "accept_proxy_from": [f"{LO}/32"],
+        "tcp_remotes": [f"{LO}:{echo_server.port}"]}]})
+    node = ehco("-c", cfg, "--log_level", "debug")
+    node.wait_log("tcp listening on")
+    procs.append(haproxy(tmp_path, front, exit_port, server_opts="send-proxy-v2"))
+    with socket.create_connection((LO, front), timeout=30, source_address=(USER, 0)) as conn:
+        client_port = conn.getsockname()[1]
+        key = wsproto.new_key()
+        conn.sendall(wsproto.build_request(f"{LO}:{front}", "/ws/", key))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            assert chunk, head
+            head += chunk
+        head, rest = head.split(b"\r\n\r\n", 1)
+        wsproto.check_response(head + b"\r\n\r\n", key)
+        conn.sendall(b"raw bytes after the upgrade")
+        conn.shutdown(socket.SHUT_WR)
+        out = bytearray(rest)
+        while chunk := conn.recv(65536):
+            out += chunk
+    assert bytes(out) == b"raw bytes after the upgrade"
+    node.wait_log(f"relay ws-exit: {USER}:{client_port} -> {LO}:{echo_server.port} connected")
