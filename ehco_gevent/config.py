@@ -237,7 +237,7 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
     unknown = sorted(set(data) - RELAY_KEYS)
     warnings += [unknown_key_warning(check.source, where, key, RELAY_KEYS) for key in unknown]
     try:
-        return _parse_relay(data, where, label, check)
+        return _parse_relay(data, where, label, check, warnings)
     except ConfigError as exc:
         if not unknown:
             raise
@@ -247,7 +247,8 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
                           f"{notes} in this relay") from None
 
 
-def _parse_relay(data: dict, where: str, label: str, check: _Checker) -> RelayConfig:
+def _parse_relay(data: dict, where: str, label: str, check: _Checker,
+                 warnings: list[str]) -> RelayConfig:
     listen = check.typed(data, "listen", str, where, "")
     if not listen:
         raise check.fail(where, "listen", "must be a non-empty host:port")
@@ -331,8 +332,8 @@ def parse_balancing(data: dict, check: _Checker, where: str, warnings: list[str]
             raise check.fail(where, "health_check", "expected an object with interval, timeout, "
                                                     f"rise, fall, got {json.dumps(hc)[:60]}")
         hwhere = f"{where}: health_check"
-        for key in sorted(set(hc) - set(HEALTH_CHECK_KEYS)):
-            warnings.append(f"config {check.source}: {hwhere}: unknown key {key!r} ignored")
+        warnings += [unknown_key_warning(check.source, hwhere, key, HEALTH_CHECK_KEYS)
+                     for key in sorted(set(hc) - set(HEALTH_CHECK_KEYS))]
         defaults = HealthCheck()
         out["health_check"] = HealthCheck(
             interval=_number(check, hc, "interval", hwhere, defaults.interval),

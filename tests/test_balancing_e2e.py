@@ -234,7 +234,7 @@ def test_reload_changing_balancing_keys_keeps_open_connections(ehco, echo_server
                                                "max_fails": 3, "send_proxy": "v1",
                                                "health_check": {"interval": 5}}]})
     proc.signal(signal.SIGHUP)
-    proc.wait_log("restarted ['r']")
+    proc.wait_log("restarted r;")
     live.sendall(b"after")
     assert live.recv(100) == b"after"
     live.close()
