@@ -1,9 +1,9 @@
 """The running process: config in, relays up, signals and reloads handled, clean exit.
 
 Command-line values and the config file meet here. With ``-c`` the file decides; for the keys
-it leaves out, a flag or ``EHCO_*`` variable that was given fills in (web_port, web_token,
-enable_ping, log_level, and ``--config_reload_interval`` for reload_interval). Without ``-c``
-the flags describe one relay, as in ehco.
+it leaves out, a flag or ``EHCO_*`` variable that was given fills in (web_host, web_port,
+web_token, enable_ping, log_level, and ``--config_reload_interval`` for reload_interval).
+Without ``-c`` the flags describe one relay, as in ehco.
 
 Reload triggers: SIGHUP, the web reload routes, and a timer every reload_interval seconds when
 a config path is set. An explicit trigger (signal, web) always re-reads the source; the timer
@@ -38,6 +38,7 @@ EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
 #: flags that fill in config keys a file leaves unset
 FLAG_FALLBACKS = {
+    "web_host": "web_host",
     "web_port": "web_port",
     "web_token": "web_token",
     "enable_ping": "enable_ping",
