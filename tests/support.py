@@ -146,15 +146,18 @@ class EhcoProcess(LoggedProcess):
     """A real ehco process (``python -m ehco_gevent``, the console script's entry point)."""
 
     def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None,
-                 nofile: int | None = None):
+                 nofile: int | tuple[int, int] | None = None):
+        """``nofile``: the child's open-files limit, one number for soft = hard (a cap it
+        cannot raise), or ``(soft, hard)``."""
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
+        limits = (nofile, nofile) if isinstance(nofile, int) else nofile
 
-        def limit_fds():  # runs in the child: a hard cap the process cannot raise
+        def limit_fds():  # runs in the child
             import resource
 
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
         super().__init__([sys.executable, "-m", "ehco_gevent", *args],
                          tmp_path / f"ehco-{time.monotonic_ns()}.log",
