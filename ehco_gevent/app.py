@@ -22,7 +22,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from . import logs
+from . import limits, logs
 from .addresses import ListenError
 from .config import Config, ConfigError, check_unique_labels, load_config, parse_config
 from .connections import ConnectionRegistry
@@ -154,6 +154,7 @@ class App:
                 log.error("reload (%s) failed, keeping the running config: %s", reason, exc)
                 return False, str(exc)
             logs.setup(cfg.log_level)
+            limits.set_current(cfg.limits)
             _, errors = self.relays.apply(cfg.relay_configs)
             self.config = cfg
             _call_all(self.services, "on_config", cfg)
@@ -165,6 +166,7 @@ class App:
     def start(self) -> None:
         cfg = self.load()
         logs.setup(cfg.log_level)
+        limits.set_current(cfg.limits)
         raise_fd_limit()
         log.info("Start ehco-gevent with version: %s", VERSION)
         self.relays.start_all(cfg.relay_configs)

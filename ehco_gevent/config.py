@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
 
+from .limits import KEYS as LIMIT_KEYS, Limits, parse_limits
+
 RELAY_TYPES = ("raw", "ws", "wss", "mwss", "mtcp")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 
@@ -23,7 +25,7 @@ TOP_KEYS = {
     "web_host", "web_port", "web_token", "web_auth_user", "web_auth_pass", "log_level",
     "enable_ping", "reload_interval", "relay_configs", "relay_sync_url", "relay_sync_interval",
     "sub_configs", "xray_config", "sync_traffic_endpoint", "sync_traffic_interval",
-}
+} | LIMIT_KEYS
 
 
 class ConfigError(Exception):
@@ -78,6 +80,8 @@ class Config:
     xray_config: dict[str, Any] | None = None
     sync_traffic_endpoint: str = ""
     sync_traffic_interval: int = 60
+    #: deadlines and caps for unauthenticated peers (ehco_gevent.limits, docs/security.md)
+    limits: Limits = field(default_factory=Limits)
     #: the keys the file actually set, so command-line values can fill in the rest
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -101,6 +105,7 @@ class Config:
         }
         if self.xray_config is not None:
             out["xray_config"] = self.xray_config
+        out.update({k: v for k, v in asdict(self.limits).items() if k in self.explicit})
         return out
 
     def with_relays(self, relays: Iterable[RelayConfig]) -> "Config":
@@ -278,6 +283,7 @@ def parse_config(data: Any, source: str = "<config>") -> tuple[Config, list[str]
         sub_configs=tuple(subs),
         xray_config=xray,
         sync_traffic_endpoint=check.typed(data, "sync_traffic_endpoint", str, "", ""),
+        limits=parse_limits(data, lambda key, problem: check.fail("", key, problem)),
         explicit=frozenset(k for k, v in data.items() if v is not None),
         **ints,
     )

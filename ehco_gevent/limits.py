@@ -1,0 +1,60 @@
+"""Deadlines and caps for what a peer gets before it proves itself (issue 10), as config keys.
+
+Every limit is a top-level config key (beyond ehco 1.1.4, which had none of them) with the
+default below; docs/security.md lists them with what each protects. They are process-wide:
+:func:`current` is what the listeners read when a connection starts, and :func:`set_current`
+is called on every successful load, so a reload changes them for new connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Limits:
+    #: seconds from accept until the web server has a request's whole head (line + headers)
+    web_header_timeout: float = 10.0
+    #: seconds a keep-alive web connection may wait for (and send) its next request head
+    web_idle_timeout: float = 60.0
+    #: web connections served at once; more wait in the kernel's accept queue, using no fd
+    web_max_connections: int = 256
+    #: seconds an inbound proxy (http, socks, trojan, shadowsocks) client has to finish its
+    #: whole handshake (TLS included) and name its target
+    proxy_handshake_timeout: float = 30.0
+    #: seconds a ws/wss/mwss client has for the whole upgrade (TLS included); ehco's was 10 s
+    ws_handshake_timeout: float = 10.0
+    #: receive buffer asked for every UDP listening socket, bytes (the kernel caps it at
+    #: net.core.rmem_max unless the process may use SO_RCVBUFFORCE)
+    udp_receive_buffer: int = 4 * 1024 * 1024
+
+
+KEYS = frozenset(f.name for f in fields(Limits))
+_CURRENT = Limits()
+
+
+def current() -> Limits:
+    return _CURRENT
+
+
+def set_current(limits: Limits) -> None:
+    global _CURRENT
+    _CURRENT = limits
+
+
+def parse_limits(data: dict[str, Any], fail: Callable[[str, str], Exception]) -> Limits:
+    """The limits a config document sets (others keep their default); ``fail(key, problem)``
+    builds the error for a bad value."""
+    values: dict[str, Any] = {}
+    for f in fields(Limits):
+        if data.get(f.name) is None:
+            continue
+        value = data[f.name]
+        whole = f.type in (int, "int")
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise fail(f.name, f"expected a {'whole ' if whole else ''}number, got {value!r}"[:90])
+        if value <= 0:
+            raise fail(f.name, "must be greater than 0")
+        values[f.name] = value if whole else float(value)
+    return Limits(**values)
