@@ -48,7 +48,7 @@ class Limits:
     #: session we closed
     smux_idle_timeout: float = 660.0
     #: frames per second per session that carry nothing (smux NOP, PSH/FIN for unknown or
-    #: closed streams, refused SYNs; WebSocket ping, pong and empty frames); burst: 4 s worth.
+    #: closed streams; WebSocket ping, pong and empty frames); burst: 1 s worth.
     #: A session over it is closed
     empty_frames_per_second: float = 1000.0
 

@@ -25,7 +25,7 @@ log = logging.getLogger("ehco.limits")
 #: one line per relay and cause per interval
 RATE_LOG = RateLimitedLogger(log, interval=10.0)
 #: a burst of empty frames may be this many seconds' worth of the rate
-EMPTY_BURST_SECONDS = 4.0
+EMPTY_BURST_SECONDS = 1.0
 
 
 def report(level: int, label: str, cause: str, msg: str, *args) -> None:

@@ -63,7 +63,7 @@ READ_CHUNK = 256 * 1024
 #: holds a few hundred bytes, not READ_CHUNK
 FIRST_READ = 512
 #: the reader yields to the hub after this many frames (a read counts as READ_COST frames)
-FRAMES_BEFORE_YIELD = 256
+FRAMES_BEFORE_YIELD = 64
 READ_COST = 16
 
 
