@@ -65,6 +65,25 @@ class TokenBucket:
         return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
 
 
+class EmptyFrameBudget:
+    """Frames that carry nothing, for one session or connection (``empty_frames_per_second``,
+    burst EMPTY_BURST_SECONDS worth): over it, one rate-limited line and OverBudget."""
+
+    def __init__(self, rate: float, label: str, peer: str, kind: str):
+        self.bucket = TokenBucket(rate, rate * EMPTY_BURST_SECONDS)
+        self.label = label
+        self.peer = peer
+        self.kind = kind
+
+    def spend(self, what: str) -> None:
+        if not self.bucket.take():
+            report(logging.WARNING, self.label, "empty frames",
+                   "%s from %s closed: over the budget of %g empty frames a second "
+                   "(empty_frames_per_second; last: %s)", self.kind, self.peer,
+                   self.bucket.rate, what)
+            raise OverBudget(what)
+
+
 class Ticket:
     """One handshake slot of a :class:`HandshakeGate`; ``release`` is idempotent."""
 
@@ -116,8 +135,8 @@ class SessionGuard:
         self.label = label or "?"
         self.peer = peer or "?"
         self.ticket = ticket
-        rate = limits.empty_frames_per_second
-        self.empty = TokenBucket(rate, rate * EMPTY_BURST_SECONDS)
+        self.empty = EmptyFrameBudget(limits.empty_frames_per_second, self.label, self.peer,
+                                      "smux session")
         self.new_streams = TokenBucket(limits.smux_streams_per_second,
                                        limits.smux_streams_per_second)
         self.max_streams = limits.smux_max_streams if server else 1 << 30
@@ -155,12 +174,7 @@ class SessionGuard:
     # -- called by the reader ----------------------------------------------------------------
     def empty_frame(self, what: str) -> None:
         """One frame that carried nothing; raises OverBudget when the session is over."""
-        if not self.empty.take():
-            report(logging.WARNING, self.label, "empty frames",
-                   "session from %s closed: over the budget of %g empty frames a second "
-                   "(empty_frames_per_second; last: %s)", self.peer,
-                   self.limits.empty_frames_per_second, what)
-            raise OverBudget(what)
+        self.empty.spend(what)
 
     def stream_wait(self) -> float:
         """Seconds the reader must wait before it accepts one more stream (rate cap)."""

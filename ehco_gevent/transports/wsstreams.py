@@ -30,7 +30,7 @@ from gevent import ssl
 from . import websocket as wsproto
 from .. import limits
 from ..fairness import Budget
-from .peer_limits import EMPTY_BURST_SECONDS, TokenBucket, report
+from .peer_limits import EmptyFrameBudget, OverBudget
 
 log = logging.getLogger("ehco.ws")
 
@@ -201,8 +201,7 @@ class FramedStream:
         self.label = label or "?"
         self.peer = peer or "?"
         self._decoder = wsproto.FrameDecoder(from_client=not client)
-        rate = limits.current().empty_frames_per_second
-        self._empty = TokenBucket(rate, rate * EMPTY_BURST_SECONDS)
+        self._empty: EmptyFrameBudget | None = None  # made on the first empty frame
         self._fair = Budget()
         self._ready: list[memoryview] = []
         self._raw = bytearray(256 * 1024)
@@ -227,12 +226,13 @@ class FramedStream:
             self._fair.spend(len(frames) + 4)
 
     def _empty_frame(self, what: str) -> None:
-        if not self._empty.take():
-            report(logging.WARNING, self.label, "empty frames",
-                   "WebSocket connection from %s closed: over the budget of %g empty frames "
-                   "a second (empty_frames_per_second; last: %s)", self.peer,
-                   self._empty.rate, what)
-            raise wsproto.FrameError(f"over the empty-frame budget ({what})")
+        if self._empty is None:  # named late: the listener sets label and peer after the upgrade
+            self._empty = EmptyFrameBudget(limits.current().empty_frames_per_second,
+                                           self.label, self.peer, "WebSocket connection")
+        try:
+            self._empty.spend(what)
+        except OverBudget:
+            raise wsproto.FrameError(f"over the empty-frame budget ({what})") from None
 
     def _handle(self, frames) -> None:
         for fin, opcode, payload in frames:
