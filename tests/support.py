@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -65,6 +66,38 @@ def wait_port(port: int, host: str = LOOPBACK, timeout: float = 15.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """All the peer sends until it closes the connection (EOF or reset, TLS included).
+
+    A peer still silent after ``timeout`` fails the test: holding a connection open is not
+    closing it, so a socket timeout is never taken for a close."""
+    import ssl
+
+    sock.settimeout(timeout)
+    out = bytearray()
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except TimeoutError:
+        pytest.fail(f"still open after {timeout} s (got {len(out)} bytes): expected a close")
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return bytes(out)
+
+
+def wait_for(fetch, check=bool, what: str = "condition", timeout: float = 15.0):
+    """Poll ``fetch()`` until ``check(value)``; fail with the last value (not a timing check:
+    the timeout only bounds how long a test waits for an event that should come)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if check(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: last value {value!r}")
+        time.sleep(0.1)
 
 
 def sha(data: bytes) -> str:
@@ -180,6 +213,63 @@ class EchoServer:
         except OSError:
             pass
         self.sock.close()
+
+
+class QuittingEchoServer(EchoServer):
+    """EchoServer that, when a connection's first message is QUIT, says goodbye and shuts down
+    its write side first (a server that ends the conversation, as SMTP or FTP do), then keeps
+    reading: what the client sent after the goodbye goes, whole at the client's EOF, into
+    ``after_goodbye`` (so a test can check those late bytes did arrive)."""
+
+    QUIT, GOODBYE = b"QUIT\r\n", b"221 bye\r\n"
+
+    def __init__(self, greeting: bytes = b"", host: str = LOOPBACK):
+        self.after_goodbye: queue.Queue[bytes] = queue.Queue()
+        super().__init__(greeting, host)
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(self.greeting)
+            first = conn.recv(1 << 16)
+            if first == self.QUIT:
+                conn.sendall(self.GOODBYE)
+                conn.shutdown(socket.SHUT_WR)
+                late = bytearray()
+                while chunk := conn.recv(1 << 16):
+                    late += chunk
+                self.after_goodbye.put(bytes(late))
+                return
+            while first:
+                conn.sendall(first)
+                first = conn.recv(1 << 16)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def check_server_closes_first(port: int, server: QuittingEchoServer, greeting: bytes = b"",
+                              timeout: float = 15) -> None:
+    """Through the relay at ``port``: the server says goodbye and shuts down its write side;
+    the client reads the goodbye and EOF, then still sends, and the server gets those bytes."""
+    late = os.urandom(64 * 1024) + b"late words\r\n"
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as conn:
+        got = bytearray()
+        while len(got) < len(greeting):
+            chunk = conn.recv(65536)
+            assert chunk, "closed before the greeting"
+            got += chunk
+        assert got == greeting
+        conn.sendall(server.QUIT)
+        assert read_until_closed(conn, timeout) == server.GOODBYE  # goodbye, then EOF
+        conn.sendall(late)  # our direction is still open
+        conn.shutdown(socket.SHUT_WR)
+        try:
+            heard = server.after_goodbye.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail("the server never saw the client's EOF after its goodbye")
+    assert sha(heard) == sha(late), f"server got {len(heard)} of {len(late)} late bytes"
 
 
 class UDPEchoServer:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -10,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .support import (EchoServer, parallel_roundtrips, free_port, free_tcp_udp_port, roundtrip, sha, wait_port,
-                      write_config)
+from .support import (EchoServer, free_port, free_tcp_udp_port, parallel_roundtrips, read_until_closed, roundtrip,
+                      sha, UDPEchoServer, wait_for, wait_port, write_config)
 
 
 def start_relay(ehco, echo_port, *extra):
@@ -135,6 +136,46 @@ def test_udp_datagrams_keep_boundaries(ehco, udp_echo_server):
             assert sock.recv(65535) == data  # one datagram back, same size and bytes
     # one session per client address: the echo server saw a single upstream socket
     assert len(udp_echo_server.clients) == 1
+
+
+def test_udp_round_robin_per_client_and_session_expiry(ehco, tmp_path):
+    """Through the real process: each new client address takes the next remote and keeps it
+    for its whole session; a session ends after ehco's 10 s without traffic (logged with its
+    exact bytes), and the client's next datagram opens a new one on the next remote."""
+    remotes = [UDPEchoServer(), UDPEchoServer()]
+    names = {f"127.0.0.1:{r.port}": i for i, r in enumerate(remotes)}
+    port = free_tcp_udp_port()
+    proc = ehco("-c", write_config(tmp_path, {"log_level": "debug", "relay_configs": [{
+        "listen": f"127.0.0.1:{port}", "label": "u",
+        "udp_remotes": list(names)}]}))
+    proc.wait_log("udp listening")
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for c in clients:
+            c.bind(("127.0.0.1", 0))
+            c.settimeout(5)
+            for i in range(2):
+                c.sendto(b"hi%d" % i, ("127.0.0.1", port))
+                assert c.recvfrom(100)[0] == b"hi%d" % i
+
+        def sessions_of(client):  # the remote of each session the client had, in order
+            return [names[r] for r in re.findall(
+                rf"udp session 127\.0\.0\.1:{client.getsockname()[1]} -> (\S+)\n", proc.log)]
+
+        assert [sessions_of(c) for c in clients] == [[0], [1], [0]]  # round robin per client address
+        assert [len(r.clients) for r in remotes] == [2, 1]  # one upstream socket per session
+        for c in clients:  # idle for ehco's 10 s: each session ends, with its exact bytes
+            proc.wait_log(f"udp session 127.0.0.1:{c.getsockname()[1]} -> "
+                          f"{list(names)[sessions_of(c)[0]]} closed, up 6 down 6 bytes", timeout=25)
+        clients[0].sendto(b"again", ("127.0.0.1", port))
+        assert clients[0].recvfrom(100)[0] == b"again"
+        # a new session, and round robin has moved on to the second remote
+        wait_for(lambda: sessions_of(clients[0]), lambda v: v == [0, 1], "the client's sessions")
+    finally:
+        for s in clients:
+            s.close()
+        for r in remotes:
+            r.close()
 
 
 def test_udp_and_tcp_on_one_listen_address(ehco, echo_server, udp_echo_server, tmp_path):
@@ -353,14 +394,8 @@ def test_unanswering_remote_times_out_and_closes_client(ehco):
     try:
         port, proc = start_relay(ehco, blackhole.getsockname()[1])
         with socket.create_connection(("127.0.0.1", port), timeout=15) as conn:
-            started = time.monotonic()
-            try:
-                assert conn.recv(10) == b""  # closed by the relay, well before our 15 s
-            except ConnectionResetError:
-                pass
-            waited = time.monotonic() - started
-        # the 3 s dial timeout of design.md 5 (wait_port's probe dialled just before ours)
-        assert 1.0 < waited < 8.0, waited
+            # closed by the relay (EOF or reset) when its dial gives up, not by our timeout
+            assert read_until_closed(conn, timeout=15) == b""
         proc.wait_log("timed out")
     finally:
         for s in fillers:
@@ -402,10 +437,14 @@ def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path, echo_s
             hogs.append(s)
         proc.wait_log("pausing accepts")
         assert proc.proc.poll() is None
-        cpu_before = sum(map(int, open(f"/proc/{proc.proc.pid}/stat").read().split()[13:15]))
-        time.sleep(1.0)
-        cpu_after = sum(map(int, open(f"/proc/{proc.proc.pid}/stat").read().split()[13:15]))
-        assert cpu_after - cpu_before < 50  # clock ticks: not spinning on accept
+        assert proc.proc.poll() is None
+        # not spinning: every failed accept is one log line followed by a pause (doubling while
+        # it keeps failing), so there are fewer of them than clients that came
+        failed = proc.log.count("accept failed")
+        assert 1 <= failed <= limit, failed
+        pauses = [float(p) for p in re.findall(r"pausing accepts for ([0-9.]+) s", proc.log)]
+        assert len(pauses) == failed and pauses[0] == 0.01
+        assert all(b in (a * 2, 1.0, 0.01) for a, b in zip(pauses, pauses[1:])), pauses
         for s in hogs:
             s.close()
         time.sleep(0.5)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from ..support import LOOPBACK, EchoServer, EhcoProcess, LoggedProcess, free_port, roundtrip, sha, wait_port
+from ..support import (LOOPBACK, EhcoProcess, LoggedProcess, QuittingEchoServer, check_server_closes_first,
+                       free_port, roundtrip, sha, wait_port)
 
 GREETING = b"220 interop.example ESMTP ready\r\n"
-QUIT, GOODBYE = b"QUIT\r\n", b"221 bye\r\n"
 SMUX = {"mwss", "mtcp"}
 SCHEME = {"ws": "ws://", "wss": "wss://", "mwss": "wss://", "mtcp": ""}
 
@@ -69,30 +69,6 @@ class Case:
         return True
 
 
-class QuittingEchoServer(EchoServer):
-    """EchoServer that, when a connection's first message is QUIT, says goodbye and shuts
-    down its write side first (a server that ends the conversation), then reads to EOF."""
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            conn.sendall(self.greeting)
-            first = conn.recv(1 << 16)
-            if first == QUIT:
-                conn.sendall(GOODBYE)
-                conn.shutdown(socket.SHUT_WR)
-                while conn.recv(1 << 16):
-                    pass
-                return
-            while first:
-                conn.sendall(first)
-                first = conn.recv(1 << 16)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-
 WAYS = ("ours_to_go", "go_to_ours", "go_to_go")
 # No Go -> Go over smux: xtaci/smux 1.5.16's OpenStream writes the SYN before it registers the
 # stream, so a server-first greeting that a Go server relays back within microseconds is
@@ -119,7 +95,7 @@ class Chain:
     port: int  # where a client connects
     go: GoNode
     other: EhcoProcess | GoNode  # our node, or the Go server in go_to_go
-    echo: EchoServer
+    echo: QuittingEchoServer
 
     def go_sessions(self) -> int:
         """smux sessions the Go node has made (client) or accepted (server) so far."""
@@ -264,11 +240,7 @@ def test_server_closes_first(chain):
     goodbye and EOF, and can still send (the server reads until the client's EOF)."""
     if not chain.case.server_half_close:
         pytest.skip("no half-close from the server side through the Go peer here")
-    with socket.create_connection((LOOPBACK, chain.port), timeout=15) as conn:
-        assert recv_exactly(conn, len(GREETING)) == GREETING
-        conn.sendall(QUIT)
-        assert recv_exactly(conn, len(GOODBYE) + 1) == GOODBYE, chain.describe()
-        conn.sendall(b"late words\r\n")  # the other direction is still open
+    check_server_closes_first(chain.port, chain.echo, GREETING)
 
 def test_go_node_saw_no_errors(chain):
     """Runs last for each chain: the Go peer logged no failed upgrade, dial or relay (what a

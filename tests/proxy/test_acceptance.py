@@ -2,16 +2,16 @@
 real clients (ss-local for each cipher, the trojan client) fetching from a local HTTP server,
 exact traffic POSTs per user, and a trojan user removed at the panel being cut off."""
 
-import json
 import os
 
 import pytest
 
-from tests.proxy.helpers import Panel, Program, assert_closed_by_server, recv_exact, socks5_connect, start_ss_local
-from tests.proxy.test_panel import reported, wait_for
+from tests.proxy.helpers import (Panel, assert_closed_by_server, recv_exact, socks5_connect, start_ss_local,
+                                 start_trojan_client)
+from tests.proxy.test_panel import reported
 from tests.proxy.test_trojan import read_all, request, tls_connect
-from tests.support import (BlobHTTPServer, LOOPBACK, free_port, free_tcp_udp_port, require_program, sha,
-                           wait_port, write_config)
+from tests.support import (BlobHTTPServer, LOOPBACK, free_port, free_tcp_udp_port, sha,
+                           wait_for, wait_port, write_config)
 
 BLOB = os.urandom(1024 * 1024 + 11)
 SS_USERS = {11: "aes-128-gcm", 12: "aes-256-gcm", 13: "chacha20-ietf-poly1305"}
@@ -47,7 +47,6 @@ def http_get(sock, port):
 
 @pytest.mark.interop
 def test_panel_users_with_real_clients(tmp_path, ehco, origin, echo_server):
-    trojan_exe = require_program("trojan", "trojan")
     panel = Panel()
     panel.users = [panel_user(uid, "ss", m) for uid, m in SS_USERS.items()]
     panel.users.append(dict(panel_user(TROJAN_ID, "trojan"), password=TROJAN_PW))
@@ -75,15 +74,8 @@ def test_panel_users_with_real_clients(tmp_path, ehco, origin, echo_server):
             assert sha(body) == sha(BLOB), method
             expected[uid] = (2 * up, 2 * down)  # ehco's counting (design.md 8)
 
-        local = free_port()
-        client_cfg = {"run_type": "client", "local_addr": LOOPBACK, "local_port": local,
-                      "remote_addr": LOOPBACK, "remote_port": trojan_port,
-                      "password": [TROJAN_PW], "log_level": 1,
-                      "ssl": {"verify": False, "verify_hostname": False, "sni": "ehco"}}
-        (tmp_path / "trojan.json").write_text(json.dumps(client_cfg))
-        programs.append(Program([trojan_exe, "-c", str(tmp_path / "trojan.json")],
-                                tmp_path / "trojan.log"))
-        wait_port(local)
+        prog, local = start_trojan_client(tmp_path, trojan_port, TROJAN_PW)
+        programs.append(prog)
         with socks5_connect(local, LOOPBACK, origin) as s:
             up, down, body = http_get(s, origin)
         assert sha(body) == sha(BLOB)
@@ -91,7 +83,7 @@ def test_panel_users_with_real_clients(tmp_path, ehco, origin, echo_server):
 
         # one POST per user with exactly those counts, after an interval
         for uid, counts in expected.items():
-            wait_for(lambda: reported(panel, uid) == counts)
+            wait_for(lambda: reported(panel, uid) == counts, timeout=20)
 
         # the trojan user is removed at the panel: its open connection is closed ...
         held = socks5_connect(local, LOOPBACK, echo_server.port)

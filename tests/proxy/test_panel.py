@@ -2,14 +2,13 @@
 
 import os
 import signal
-import time
 
 import pytest
 
 from tests.proxy.helpers import Panel, assert_closed_by_server
-from tests.proxy.test_shadowsocks import assert_silent, raw_ss_connect, read_reply
+from tests.proxy.test_shadowsocks import assert_ignored, raw_ss_connect, read_reply
 from tests.proxy.test_trojan import request, tls_connect
-from tests.support import free_port, free_tcp_udp_port, wait_port, write_config
+from tests.support import free_port, free_tcp_udp_port, wait_for, wait_port, write_config
 
 U1 = {"user_id": 1, "method": "aes-128-gcm", "password": "pw-one", "level": 0, "enable": True,
       "upload_traffic": 0, "download_traffic": 0, "protocol": "ss"}
@@ -53,18 +52,10 @@ def reported(panel, uid):
     return sum(r["upload_traffic"] for r in rows), sum(r["download_traffic"] for r in rows)
 
 
-def wait_for(cond, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.1)
-
-
-def assert_ss_refused(port, user, echo_port):
-    """A shadowsocks connection with the user's key gets no answer (the server stays silent)."""
+def assert_ss_refused(proc, port, user, echo_port, cause="no user's key fits"):
+    """A shadowsocks connection with the user's key is ignored, for the logged ``cause``."""
     s, _, _ = raw_ss_connect(port, user["method"], user["password"], echo_port, first=b"hi")
-    assert_silent(s)
+    assert_ignored(proc, s, cause)
     s.close()
 
 
@@ -78,13 +69,13 @@ def test_traffic_reported_twice_client_bytes(node, panel, echo_server):
     proc, port = node
     payload = os.urandom(100_000)
     echo_through(port, U1, echo_server.port, payload)
-    wait_for(lambda: reported(panel, 1) == (200_000, 200_000))
+    wait_for(lambda: reported(panel, 1) == (200_000, 200_000), timeout=20)
     # every post has the expected shape and user 2 (no traffic) is never in it
     post = panel.posts[-1]
     assert set(post) == {"data", "upload_bandwidth", "download_bandwidth"}
     assert reported(panel, 2) == (0, 0)
     n = len(panel.posts)
-    wait_for(lambda: len(panel.posts) >= n + 2)
+    wait_for(lambda: len(panel.posts) >= n + 2, timeout=20)
     assert reported(panel, 1) == (200_000, 200_000)  # reported once, not again
 
 
@@ -95,7 +86,7 @@ def test_removed_user_is_cut_and_refused(node, panel, echo_server):
     panel.users = [dict(U1), dict(U3)]
     proc.wait_log("proxy user 2 removed")
     assert_closed_by_server(s)
-    assert_ss_refused(port, U2, echo_server.port)
+    assert_ss_refused(proc, port, U2, echo_server.port)
     # disabled is the same as gone; user 1 unaffected
     echo_through(port, U1, echo_server.port, b"still here")
 
@@ -104,15 +95,15 @@ def test_panel_garbage_or_failing_keeps_users_and_traffic(node, panel, echo_serv
     proc, port = node
     panel.mode = "garbage"
     gets = panel.gets
-    wait_for(lambda: panel.gets >= gets + 2)
+    wait_for(lambda: panel.gets >= gets + 2, timeout=20)
     proc.wait_log("keeping the current users")
     payload = os.urandom(30_000)
     echo_through(port, U1, echo_server.port, payload)  # users kept
     n = len(panel.posts)
-    wait_for(lambda: "will report it next time" in proc.log)
+    wait_for(lambda: "will report it next time" in proc.log, timeout=20)
     assert len(panel.posts) == n
     panel.mode = "ok"
-    wait_for(lambda: reported(panel, 1) == (60_000, 60_000))
+    wait_for(lambda: reported(panel, 1) == (60_000, 60_000), timeout=20)
     assert proc.proc.poll() is None
 
 
@@ -135,7 +126,7 @@ def test_trojan_user_from_panel(node, panel, echo_server):
             assert d
             got += d
     assert got == payload
-    wait_for(lambda: reported(panel, 3) == (100_000, 100_000))
+    wait_for(lambda: reported(panel, 3) == (100_000, 100_000), timeout=20)
 
 
 def test_reload_without_panel_drops_its_users(node, panel, echo_server):
@@ -150,4 +141,4 @@ def test_reload_without_panel_drops_its_users(node, panel, echo_server):
     proc.signal(signal.SIGHUP)
     proc.wait_log("panel no longer configured")
     assert_closed_by_server(s)
-    assert_ss_refused(port, U1, echo_server.port)
+    assert_ss_refused(proc, port, U1, echo_server.port, cause="no users, dropping")

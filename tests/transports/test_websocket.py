@@ -265,9 +265,24 @@ def test_garbage_only_ever_raises_frame_error(data, from_client):
 @given(st.binary(max_size=300), st.sampled_from([b"", b"GET /ws/ HTTP/1.1\r\n", b"HTTP/1.1 101 x\r\n"]))
 def test_any_head_only_ever_raises_handshake_error(data, prefix):
     raw = prefix + data + b"\r\n\r\n"
-    head, _ = ws.split_head(raw)
-    for check in (ws.parse_request, lambda h: ws.check_response(h, RFC_KEY)):
-        try:
-            check(head)
-        except HandshakeError:
-            pass
+    head, rest = ws.split_head(raw)
+    assert raw.startswith(head) and head.endswith(b"\r\n\r\n") and head + rest == raw
+    lines = head[:-4].split(b"\r\n")
+    try:
+        req = ws.parse_request(head)
+    except HandshakeError:
+        pass
+    else:  # accepted: the request line and every header, as written
+        method, path, version = lines[0].split(b" ")
+        assert (req.method, req.path) == (method.decode("latin-1"), path.decode("latin-1"))
+        assert version.startswith(b"HTTP/1.")
+        for line in filter(None, lines[1:]):
+            name, _, value = line.partition(b":")
+            assert name.strip().decode("latin-1").lower() in req.headers
+    try:
+        ws.check_response(head, RFC_KEY)
+    except HandshakeError:
+        pass
+    else:  # accepted: only a 101 that carries the key's accept value
+        assert lines[0].split(b" ")[1] == b"101"
+        assert ws.accept_key(RFC_KEY).encode() in head

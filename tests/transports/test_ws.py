@@ -19,7 +19,8 @@ from ehco_gevent.transports import smux
 from ehco_gevent.transports import websocket as wsproto
 
 from ..support import free_port as support_free_port
-from ..support import EchoServer, EhcoProcess, parallel_roundtrips, roundtrip, sha, wait_port, write_config
+from ..support import (EchoServer, EhcoProcess, QuittingEchoServer, check_server_closes_first, parallel_roundtrips,
+                       roundtrip, sha, wait_port, write_config)
 
 KINDS = [("ws", False), ("ws", True), ("wss", False), ("wss", True), ("mwss", False), ("mwss", True)]
 IDS = [f"{k}-{'frames' if f else 'raw'}" for k, f in KINDS]
@@ -64,8 +65,9 @@ def scheme(kind):
 
 @pytest.fixture(scope="module")
 def targets():
-    servers = {"echo": EchoServer(), "greet": EchoServer(greeting=GREETING), "late": AnswerAfterEOF()}
-    yield {name: s.port for name, s in servers.items()}
+    servers = {"echo": EchoServer(), "greet": EchoServer(greeting=GREETING), "late": AnswerAfterEOF(),
+               "quit": QuittingEchoServer(greeting=GREETING)}
+    yield servers
     for s in servers.values():
         s.close()
 
@@ -81,7 +83,7 @@ def chains(targets, tmp_path_factory):
     procs, out, ports = [], {}, []
     taken = set()
 
-    def free_port():  # 36 listeners: never hand out one port twice
+    def free_port():  # 60 listeners: never hand out one port twice
         while (port := support_free_port()) in taken:
             pass
         taken.add(port)
@@ -91,17 +93,17 @@ def chains(targets, tmp_path_factory):
         a, b = free_port(), free_port()
         extra = ["--ws_frames", "true"] if frames else []
         procs.append(EhcoProcess(["-l", f"127.0.0.1:{b}", "-lt", kind, "-r",
-                                  f"127.0.0.1:{targets['echo']}", *extra], tmp))
+                                  f"127.0.0.1:{targets['echo'].port}", *extra], tmp))
         procs.append(EhcoProcess(["-l", f"127.0.0.1:{a}", "-tt", kind, "-r",
                                   f"{scheme(kind)}://127.0.0.1:{b}", *extra], tmp))
         out[("cli", kind, frames, "echo")] = (a, b)
         ports += [a, b]
     relays_a, relays_b = [], []
     for kind, frames in KINDS:
-        for target, target_port in targets.items():
+        for target, server in targets.items():
             a, b = free_port(), free_port()
             relays_b.append({"listen": f"127.0.0.1:{b}", "listen_type": kind, "transport_type": "raw",
-                             "tcp_remotes": [f"127.0.0.1:{target_port}"], "ws_frames": frames,
+                             "tcp_remotes": [f"127.0.0.1:{server.port}"], "ws_frames": frames,
                              "label": f"b-{kind}-{frames}-{target}"})
             relays_a.append({"listen": f"127.0.0.1:{a}", "listen_type": "raw", "transport_type": kind,
                              "tcp_remotes": [f"{scheme(kind)}://127.0.0.1:{b}"], "ws_frames": frames,
@@ -168,6 +170,14 @@ def test_server_first_greeting_arrives_first(chains, kind, frames):
             got += chunk
         assert got == GREETING
     assert roundtrip(a, b"after the greeting", greeting=GREETING) == b"after the greeting"
+
+
+@pytest.mark.parametrize("kind,frames", KINDS, ids=IDS)
+def test_server_closes_first_and_still_hears_the_client(chains, targets, kind, frames):
+    """The final server ends the conversation first (goodbye + shutdown): the client gets the
+    goodbye and EOF through the tunnel, and what it says after that still reaches the server."""
+    a, _ = chains[("config", kind, frames, "quit")]
+    check_server_closes_first(a, targets["quit"], GREETING)
 
 
 @pytest.mark.parametrize("kind,frames", KINDS, ids=IDS)

@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
-from ..support import LOOPBACK, EhcoProcess, free_port, roundtrip, sha, write_config
+from ehco_gevent.observability.metrics import parse_samples
+
+from ..support import LOOPBACK, EhcoProcess, free_port, roundtrip, sha, wait_for, write_config
 from .conftest import SUB_NAME
-
-
-def wait_for(fetch, check, what: str, timeout: float = 15.0):
-    """Poll ``fetch()`` until ``check(value)``; fail with the last value (not a timing check)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: last value {value!r}")
-        time.sleep(0.1)
 
 
 class Links(HTMLParser):
@@ -105,8 +94,6 @@ def test_config_dump_has_the_relay(web_node):
 
 
 def test_metrics_route(web_node):
-    from ehco_gevent.observability.metrics import parse_samples
-
     node = web_node()
     resp = node.get("/metrics/")
     assert resp.status_code == 200
@@ -163,7 +150,13 @@ def test_connections_active_then_closed(web_node):
     row = data["connections"][0]
     assert (row["relay_label"], row["up_bytes"], row["down_bytes"]) == ("lbl", 3072, 3072)
     assert row["flow"] == f"{client} → {LOOPBACK}:{node.echo_port}"
-    assert 0 < row["dial_ms"] < 3000  # the dial latency was recorded
+    # the dial latency was recorded: the row's is the one the handshake histogram observed
+    hist = {s.name: s.value for s in parse_samples(node.get("/metrics/").text)
+            if s.name.startswith("ehco_traffic_handshake_duration_")
+            and s.labels.get("remote") == f"lbl-{LOOPBACK}:{node.echo_port}"}
+    assert hist["ehco_traffic_handshake_duration_count"] == 1
+    assert row["dial_ms"] > 0
+    assert abs(hist["ehco_traffic_handshake_duration_sum"] - row["dial_ms"]) < 0.001
     assert row["time"] and row["duration"] and row["active"] is False
     assert data["active_count"] == 0
     page = node.get("/connections/?conn_type=closed").text
