@@ -219,18 +219,16 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
-    """True when the node closes ``sock`` (EOF or reset) within ``timeout`` seconds (the
-    socket's own timeout: reaching it means the node did not close)."""
-    sock.settimeout(timeout)
+def still_open(sock: socket.socket, wait: float) -> bool:
+    """True when the node has neither closed nor written to ``sock`` after ``wait`` seconds."""
+    sock.settimeout(wait)
     try:
-        while sock.recv(65536):
-            pass
-        return True
-    except socket.timeout:
+        sock.recv(1)
         return False
-    except OSError:
+    except TimeoutError:
         return True
+    except OSError:
+        return False
 
 
 def recv_frames(sock: socket.socket, want: Callable[[list], bool], timeout: float = 20.0) -> list:

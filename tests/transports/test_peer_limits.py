@@ -15,7 +15,7 @@ from ehco_gevent.transports.smux import FIN, NOP, PSH, SYN, Session, encode_fram
 from ehco_gevent.transports.streams import SocketStream
 from ehco_gevent.transports.wsstreams import FramedStream
 
-from ..support import gevent_tcp_pair as tcp_pair
+from ..support import gevent_tcp_pair as tcp_pair, read_until_closed
 
 
 class Clock:
@@ -60,22 +60,11 @@ def guarded_session(label: str, **limits):
     return Session(SocketStream(b), client=False, guard=guard), a
 
 
-def peer_sees_eof(peer, timeout: float = 10) -> bool:
-    with gevent.Timeout(timeout, False):
-        try:
-            while peer.recv(65536):
-                pass
-        except OSError:
-            pass
-        return True
-    return False
-
-
 def test_nop_flood_closes_the_session_with_one_line(caplog):
     session, peer = guarded_session("nop-test", empty_frames_per_second=100)
     with caplog.at_level(logging.INFO, "ehco.limits"):
         writer = gevent.spawn(peer.sendall, encode_frame(NOP, 0) * 100_000)
-        assert peer_sees_eof(peer)
+        read_until_closed(peer)
         writer.kill()
     assert session.closed
     lines = [r.getMessage() for r in caplog.records if "nop-test" in r.getMessage()]
@@ -91,7 +80,7 @@ def test_frames_for_unknown_streams_spend_the_budget(caplog, frame, what):
     with caplog.at_level(logging.INFO, "ehco.limits"):
         peer.sendall(encode_frame(SYN, 3) + frame * 200)
         assert session.accept_stream() is not None
-        assert peer_sees_eof(peer)
+        read_until_closed(peer)
     assert any(what in r.getMessage() for r in caplog.records)
 
 
@@ -136,7 +125,7 @@ def test_reader_lets_others_run_while_a_peer_floods():
 def test_session_without_a_stream_closes_at_the_handshake_deadline(caplog):
     session, peer = guarded_session("deadline-test", smux_handshake_timeout=0.2)
     with caplog.at_level(logging.INFO, "ehco.limits"):
-        assert peer_sees_eof(peer)
+        read_until_closed(peer)
     assert session.closed
     assert any("no stream within 0.2 s (smux_handshake_timeout)" in r.getMessage()
                for r in caplog.records)
@@ -151,7 +140,7 @@ def test_session_that_carried_a_stream_outlives_the_handshake_deadline_until_idl
     assert not session.closed
     stream.close()
     peer.sendall(encode_frame(FIN, 3))
-    assert peer_sees_eof(peer)  # closed once idle for smux_idle_timeout
+    read_until_closed(peer)  # closed once idle for smux_idle_timeout
     assert session.closed
 
 
