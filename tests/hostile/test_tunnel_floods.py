@@ -29,7 +29,7 @@ def flood_while_probing(node, label: str, attacker: attack.Attack, what: str):
         # probes for the flood's time, then the bulk transfer while the flood goes on (not
         # both at once: they would compete in this test process, not in the node)
         probes.start()
-        attacker.join(attack.FLOOD_SECONDS)
+        attacker.run_for(attack.FLOOD_SECONDS)
         probes.stop()
         loaded_ok, loaded_rate = attack.bulk_transfer(node.ports["raw"], BULK)
     finally:
