@@ -241,6 +241,14 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def accepted_on(pid: int, port: int) -> int:
+    """Connections process ``pid`` holds that were accepted on its listening ``port``."""
+    import psutil
+
+    return sum(1 for c in psutil.Process(pid).net_connections("tcp")
+               if c.laddr and c.laddr.port == port and c.raddr)
+
+
 def still_open(sock: socket.socket, wait: float) -> bool:
     """True when the node has neither closed nor written to ``sock`` after ``wait`` seconds."""
     sock.settimeout(wait)

@@ -96,10 +96,10 @@ def capped_node(tmp_path_factory):
 @pytest.mark.parametrize("label", ["mtcp", "mwss", "ws"])
 def test_handshakes_in_progress_are_capped_per_listener(capped_node, label):
     node, port = capped_node, capped_node.ports[label]
-    fds = attack.open_fds(node.pid)
+    wait_for(lambda: attack.accepted_on(node.pid, port), lambda n: n == 0, "no connection left")
     holders = [attack.connect_plain(port) for _ in range(3)]  # silent: 3 slots held
     try:
-        wait_for(lambda: attack.open_fds(node.pid), lambda n: n >= fds + 3,
+        wait_for(lambda: attack.accepted_on(node.pid, port), lambda n: n == 3,
                  "the node accepted the three")
         with attack.connect_plain(port) as extra:
             # closed by the node at once, while the first three are still waiting
