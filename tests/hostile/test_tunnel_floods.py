@@ -4,7 +4,7 @@ While one client floods as fast as it can, a 1 KB echo through the node's raw re
 ``GET /metrics/`` keep answering (every probe, none timed out), a bulk transfer arrives intact,
 and the flooding session is cut with one log line however often it reconnects. The latency
 (3 x the unloaded median) and bulk-rate (half the unloaded rate) checks are printed, and
-enforced only in the long mode (``EHCO_HOSTILE_SECONDS=20``).
+enforced only in the long mode (``EHCO_HOSTILE_LONG=1``: 20 s floods).
 """
 
 from __future__ import annotations
