@@ -3,8 +3,8 @@
 The dashboard is generated so its panels stay consistent (same variables, same units) and can be
 reviewed as code; run ``python monitor/build_dashboard.py`` after changing it. It queries only
 names a node exposes (tests/observability/test_monitor.py checks every expression against a real
-scrape), and works for Go ehco nodes too, except the ehco-gevent-only panels (greenlets, memory,
-dial failures).
+scrape), and works for Go ehco nodes too, except the ehco-gevent-only panels (dial time
+quantiles, dial failures).
 """
 
 from __future__ import annotations
@@ -91,14 +91,16 @@ def build() -> dict:
         (f'sum(ehco_traffic_current_connection_count{{{SEL},remote=~"$remote",type="udp"}}) '
          'by (instance, remote)', "{{instance}} {{remote}} udp"),
     ])
-    lay.panel("Dial (handshake) time p50 / p90", [
-        ('histogram_quantile(0.5, sum(rate(ehco_traffic_handshake_duration_bucket'
+    # our seconds histogram: Go's ehco_traffic_handshake_duration puts millisecond values in
+    # buckets made for seconds, where nearly every dial lands in +Inf
+    lay.panel("Dial (handshake) time p50 / p90 (ehco-gevent)", [
+        ('histogram_quantile(0.5, sum(rate(ehco_gevent_handshake_duration_seconds_bucket'
          f'{{{SEL},remote=~"$remote"}}[$__rate_interval])) by (le, instance, remote))',
          "p50 {{instance}} {{remote}}"),
-        ('histogram_quantile(0.9, sum(rate(ehco_traffic_handshake_duration_bucket'
+        ('histogram_quantile(0.9, sum(rate(ehco_gevent_handshake_duration_seconds_bucket'
          f'{{{SEL},remote=~"$remote"}}[$__rate_interval])) by (le, instance, remote))',
          "p90 {{instance}} {{remote}}"),
-    ], unit="ms")
+    ], unit="s")
     lay.panel("New connections per second", [
         (f'sum(rate(ehco_traffic_handshake_duration_count{{{SEL},remote=~"$remote"}}'
          '[$__rate_interval])) by (instance, remote)', "{{instance}} {{remote}}"),
@@ -166,10 +168,11 @@ def build() -> dict:
         unit="percent")
     lay.panel("Load", [(f"node_load{m}{{{SEL}}}", f"{{{{instance}}}} load{m}")
                        for m in (1, 5, 15)])
-    lay.panel("Greenlets (ehco-gevent)", [
-        (f"sum(ehco_gevent_greenlets{{{SEL}}}) by (instance)", "{{instance}}")], width=6)
-    lay.panel("Process memory (ehco-gevent)", [
-        (f"sum(ehco_gevent_resident_memory_bytes{{{SEL}}}) by (instance)", "{{instance}}")],
+    # the Go runtime's names: goroutines on Go nodes, greenlets and RSS on ehco-gevent nodes
+    lay.panel("Goroutines / greenlets", [
+        (f"sum(go_goroutines{{{SEL}}}) by (instance)", "{{instance}}")], width=6)
+    lay.panel("Process memory", [
+        (f"sum(go_memstats_sys_bytes{{{SEL}}}) by (instance)", "{{instance}}")],
         unit="bytes", width=6)
 
     return {

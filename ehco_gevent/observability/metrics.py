@@ -1,8 +1,11 @@
 """Prometheus metrics under ehco 1.1.4's names, so its Grafana dashboard and alerts keep working.
 
-Everything lives in one private ``CollectorRegistry`` per App (never the library's global one),
-and every series carries the constant label ``ehco_runner_hostname``, added in one place
-(:class:`ConstLabels`) instead of in each collector. The traffic figures are read from the
+Everything lives in one private ``CollectorRegistry`` per App (never the library's global one).
+Every metric definition is here (names, buckets, which families carry the hostname), so a
+process that aggregates other processes' figures (``--workers``) has one place to read them.
+The constant label ``ehco_runner_hostname`` is put, as Go ehco put it, on the ``ehco_*``
+series only, in one place (:class:`ConstLabels`); ``node_*``, ``process_*``, ``python_*`` and the
+``go_*`` compatibility gauges carry none. The traffic figures are read from the
 :class:`~ehco_gevent.connections.ConnectionRegistry` when Prometheus scrapes: the pump only adds
 integers to its connection record, it never touches a Prometheus object per chunk. The one thing
 observed as it happens is the dial time, once per connection, through the registry's
@@ -16,9 +19,13 @@ Names and meanings (design.md 6.2 and docs/metrics.md):
   wraps both sockets of a relayed connection and adds every read to ``flow="read"`` and every
   write to ``flow="write"``, so a connection that moves U bytes up and D down adds U+D to each
   flow (an echo of N bytes adds 2N to read and 2N to write);
-- ``ehco_traffic_handshake_duration{remote}`` milliseconds to dial the remote;
-- ``ehco_gevent_greenlets`` and ``ehco_gevent_resident_memory_bytes``, our equivalents of the Go
-  runtime's ``go_goroutines`` and ``go_memstats_sys_bytes``;
+- ``ehco_traffic_handshake_duration{remote}`` milliseconds to dial the remote, in the Go client's
+  default buckets (made for seconds: a mixed fleet aggregates it bucket by bucket with Go nodes),
+  and ``ehco_gevent_handshake_duration_seconds{remote}``, the same dials in seconds, in buckets
+  that resolve real dial times;
+- ``ehco_gevent_greenlets`` and ``ehco_gevent_resident_memory_bytes``, and under the Go
+  runtime's names, for Go ehco's dashboard, ``go_goroutines`` (live greenlets) and
+  ``go_memstats_sys_bytes`` (the resident set size: what the process holds from the system);
 - ``ehco_gevent_dial_failures_total{remote}`` dials that failed (ehco had no such series; the
   "no successful dial" alert needs it to tell a broken remote from an idle one);
 - ``ehco_proxy_user_traffic_bytes_total{user,flow="up|down"}`` and
@@ -38,13 +45,16 @@ one lint message of ``promtool check metrics`` about the missing suffix, which G
 
 from __future__ import annotations
 
+import functools
 import gc
+import gzip
 import logging
 import socket
+from decimal import Decimal
 from typing import Any, Iterator
 
 import greenlet
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
@@ -65,14 +75,40 @@ CONST_LABELS = {"ehco_runner_hostname": HOSTNAME}
 TRANSMIT = "ehco_traffic_network_transmit_bytes"
 #: the classic text format; newer prometheus-client calls its default "version=1.0.0"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-#: dial times in milliseconds: ehco observed milliseconds into the Go client's default buckets
-#: (0.005 .. 10, made for seconds), which put every real dial in +Inf; these fit milliseconds,
-#: up to past the 3 s dial timeout
-HANDSHAKE_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+#: Go ehco's handshake histogram: milliseconds observed into the Go client's default buckets
+#: (prometheus.DefBuckets, made for seconds), so nearly every real dial lands in +Inf; kept
+#: exactly so that Go and Python nodes aggregate bucket by bucket (the ``le`` strings too)
+GO_DEFAULT_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+#: our own histogram of the same dials, in seconds, resolving 1 ms to past the 3 s dial timeout
+HANDSHAKE_BUCKETS_SECONDS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+#: ehco's ping buckets, ExponentialBuckets(0.001, 2, 12): 1 ms doubling to 2.048 s ("1ms ~ 4s"
+#: in its comment). Kept exactly, so histograms of Go and Python nodes sum bucket by bucket.
+PING_BUCKETS = tuple(0.001 * 2 ** i for i in range(12))
+#: only these families carry ``ehco_runner_hostname``, as in Go ehco (its ConstLabels)
+HOSTNAME_PREFIX = "ehco_"
+
+
+@functools.lru_cache(maxsize=1024)
+def go_float(text: str) -> str:
+    """A bucket bound (``le``) or quantile as Go's client writes it (strconv 'g', shortest):
+    ``1`` and ``10`` where Python writes ``1.0`` and ``10.0``. Prometheus 2 compares ``le`` as a
+    string, so a mixed fleet's histograms add up only when the strings are identical."""
+    if text in ("+Inf", "-Inf", "NaN"):
+        return text
+    value = Decimal(repr(float(text))).normalize()
+    sign, digits, exponent = value.as_tuple()
+    exp = len(digits) - 1 + int(exponent)
+    if -4 <= exp < 6:  # strconv.FormatFloat(v, 'g', -1, 64)
+        return format(value, "f")
+    mantissa = "".join(map(str, digits))
+    mantissa = mantissa[0] + ("." + mantissa[1:] if len(mantissa) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
 
 
 class ConstLabels:
-    """Re-emits another collector's families with constant labels added to every sample."""
+    """Re-emits another collector's families as Go ehco's registry would: the constant labels
+    added to every sample of an ``ehco_*`` family (only those), and histogram bounds written
+    the way Go writes them (:func:`go_float`)."""
 
     def __init__(self, inner: Any, labels: dict[str, str]):
         self.inner = inner
@@ -80,9 +116,18 @@ class ConstLabels:
 
     def collect(self) -> Iterator[Metric]:
         for family in self.inner.collect():
+            const = self.labels if family.name.startswith(HOSTNAME_PREFIX) else {}
+            bounds = family.type in ("histogram", "summary")
+            if not const and not bounds:
+                yield family
+                continue
             out = Metric(family.name, family.documentation, family.type, family.unit)
             for sample in family.samples:
-                out.samples.append(sample._replace(labels={**self.labels, **sample.labels}))
+                labels = {**const, **sample.labels}
+                for key in ("le", "quantile") if bounds else ():
+                    if key in labels:
+                        labels[key] = go_float(labels[key])
+                out.samples.append(sample._replace(labels=labels))
             yield out
 
 
@@ -94,6 +139,10 @@ def count_live_greenlets() -> int:
 
 
 def resident_memory_bytes() -> float:
+    """The resident set size: what the process holds in RAM. It stands in for Go's
+    ``go_memstats_sys_bytes`` (all memory the Go runtime obtained from the system), because in
+    CPython the mapped but untouched part (thread stacks, malloc arenas) is large and says
+    nothing about load, while RSS is what an operator compares with the host's memory."""
     import psutil
 
     return float(psutil.Process().memory_info().rss)
@@ -132,11 +181,18 @@ class TrafficCollector:
             failures.add_metric([remote], n)
         yield failures
 
+        greenlets, rss = count_live_greenlets(), resident_memory_bytes()
         yield GaugeMetricFamily("ehco_gevent_greenlets", "live greenlets in the process",
-                                value=count_live_greenlets())
+                                value=greenlets)
         yield GaugeMetricFamily("ehco_gevent_resident_memory_bytes",
-                                "resident memory of the process in bytes",
-                                value=resident_memory_bytes())
+                                "resident memory of the process in bytes", value=rss)
+        # the Go runtime's names, for Go ehco's dashboard (its job variable and two panels)
+        yield GaugeMetricFamily("go_goroutines", "ehco-gevent compatibility gauge: live "
+                                "greenlets (Go: number of goroutines that currently exist)",
+                                value=greenlets)
+        yield GaugeMetricFamily("go_memstats_sys_bytes", "ehco-gevent compatibility gauge: "
+                                "resident set size of the process (Go: bytes obtained from "
+                                "the system)", value=rss)
 
 
 class ProxyUserCollector:
@@ -182,8 +238,19 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.handshake = Histogram("ehco_traffic_handshake_duration",
                                    "dial (handshake) time to the remote in milliseconds",
-                                   ["remote"], buckets=HANDSHAKE_BUCKETS_MS, registry=None)
+                                   ["remote"], buckets=GO_DEFAULT_BUCKETS, registry=None)
+        self.handshake_seconds = Histogram(
+            "ehco_gevent_handshake_duration_seconds", "dial (handshake) time to the remote",
+            ["remote"], buckets=HANDSHAKE_BUCKETS_SECONDS, registry=None)
+        # observed by the ping service (observability/ping.py), when ping is on
+        self.ping_duration = Histogram("ehco_ping_response_duration_seconds",
+                                       "A histogram of latencies for ping responses.",
+                                       ["ip", "host", "label"], buckets=PING_BUCKETS,
+                                       registry=None)
+        self.ping_requests = Counter("ehco_ping_requests_total", "Number of ping requests sent",
+                                     ["ip", "host", "label"], registry=None)
         for collector in (TrafficCollector(self), ProxyUserCollector(app), self.handshake,
+                          self.handshake_seconds, self.ping_duration, self.ping_requests,
                           HostCollector(),
                           ProcessCollector(registry=None), PlatformCollector(registry=None),
                           GCCollector(registry=CollectorRegistry())):
@@ -191,12 +258,13 @@ class Metrics:
         app.registry.open_listeners.append(self._on_open)
 
     def add(self, collector: Any) -> None:
-        """Register a collector; its series get the constant label."""
+        """Register a collector; its ``ehco_*`` series get the constant label."""
         self.registry.register(ConstLabels(collector, CONST_LABELS))
 
     def _on_open(self, conn: Any) -> None:
         if conn.conn_type == "tcp":  # UDP has no dial, and ehco observed none for it
             self.handshake.labels(conn.remote_label).observe(conn.dial_ms)
+            self.handshake_seconds.labels(conn.remote_label).observe(conn.dial_ms / 1000)
 
     def render(self) -> bytes:
         body = generate_latest(self.registry)
@@ -217,6 +285,19 @@ def render_metrics(app: Any) -> tuple[bytes, str]:
     """The body and Content-Type of ``/metrics/``: always the classic text format 0.0.4, the
     format Go ehco served, whatever the scraper's Accept header asks for."""
     return metrics_for(app).render(), CONTENT_TYPE
+
+
+def metrics_response(app: Any, accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
+    """Body and headers of ``/metrics/``: gzip-compressed when the scraper accepts gzip
+    (Prometheus always asks, and Go's promhttp answered so), plain otherwise."""
+    from werkzeug.http import parse_accept_header
+
+    body, content_type = render_metrics(app)
+    headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+    if parse_accept_header(accept_encoding)["gzip"] > 0:
+        body = gzip.compress(body, compresslevel=6)  # Go's gzip.DefaultCompression
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
 
 
 def parse_samples(text: str) -> list[Any]:

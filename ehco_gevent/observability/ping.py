@@ -1,7 +1,7 @@
 """ICMP latency to the hosts of the relays' TCP remotes, as ehco's ``enable_ping``.
 
 Every distinct host among the ``tcp_remotes`` (scheme, path and port stripped) gets one echo
-request every :data:`INTERVAL` seconds; the first requests are spread evenly over the interval so
+request every :data:`INTERVAL` seconds (``EHCO_PING_INTERVAL`` overrides it); the first requests are spread evenly over the interval so
 the pings of many hosts do not leave together. The metric label ``label`` is the label of the
 first relay that names the host, as in ehco.
 
@@ -29,7 +29,6 @@ from typing import Any, Iterable
 
 import gevent
 from gevent import socket
-from prometheus_client import Counter, Histogram
 
 from ..config import remote_host_port
 
@@ -39,10 +38,6 @@ log = logging.getLogger("ehco.ping")
 INTERVAL = 30.0
 #: seconds to wait for a reply before the ping counts as lost
 TIMEOUT = 5.0
-#: ehco's ExponentialBuckets(0.001, 2, 12): 1 ms doubling to 2.048 s ("1ms ~ 4s" in its
-#: comment). Kept exactly, so histograms of Go and Python nodes can be summed bucket by bucket.
-BUCKETS = tuple(0.001 * 2 ** i for i in range(12))
-
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 _HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
@@ -184,16 +179,11 @@ class PingService:
         self.timeout = timeout
         self.targets: dict[str, _Target] = {}
         self.unavailable: set[int] = set()  # address families without any ICMP socket
-        self.duration = Histogram("ehco_ping_response_duration_seconds",
-                                  "A histogram of latencies for ping responses.",
-                                  ["ip", "host", "label"], buckets=BUCKETS, registry=None)
-        self.requests = Counter("ehco_ping_requests_total", "Number of ping requests sent",
-                                ["ip", "host", "label"], registry=None)
-        from .metrics import metrics_for
+        from .metrics import metrics_for  # the metrics module defines every series
 
         metrics = metrics_for(app)
-        metrics.add(self.duration)
-        metrics.add(self.requests)
+        self.duration = metrics.ping_duration
+        self.requests = metrics.ping_requests
 
     # -- service hooks ------------------------------------------------------------------------
     def start(self) -> None:
@@ -292,5 +282,26 @@ class PingService:
         return target.last_ms
 
 
+#: the smallest EHCO_PING_INTERVAL taken; a smaller one falls back to INTERVAL with a warning
+MIN_INTERVAL = 0.1
+
+
+def interval_from_env(environ: Any = os.environ) -> float:
+    """Seconds between pings: ``EHCO_PING_INTERVAL`` when set (ehco had a fixed 30 s; a finer
+    smokeping-like view, or a test that needs two pings quickly, sets it), else INTERVAL."""
+    raw = environ.get("EHCO_PING_INTERVAL", "").strip()
+    if not raw:
+        return INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value >= MIN_INTERVAL:
+        return value
+    log.warning("EHCO_PING_INTERVAL=%r is not a number of seconds >= %g; pinging every %.0f s",
+                raw, MIN_INTERVAL, INTERVAL)
+    return INTERVAL
+
+
 def create_service(app: Any) -> PingService:
-    return PingService(app)
+    return PingService(app, interval=interval_from_env())

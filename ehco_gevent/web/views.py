@@ -120,10 +120,10 @@ def create_flask_app(app: Any, service: Any) -> Flask:
 
     @flask.get("/metrics/")
     def metrics():
-        from ..observability.metrics import render_metrics  # the metrics module owns names and collectors
+        from ..observability.metrics import metrics_response  # owns names, collectors, gzip
 
-        body, content_type = render_metrics(app)
-        return Response(body, 200, headers={"Content-Type": content_type})
+        body, headers = metrics_response(app, request.headers.get("Accept-Encoding", ""))
+        return Response(body, 200, headers=headers)
 
     # -- other services' routes ---------------------------------------------------------------
     for other in app.services:

@@ -243,3 +243,12 @@ def test_neither_socket_logs_once_and_goes_on():
     assert "ping disabled for IPv4 hosts" in warnings[0]
     assert "ping_group_range" in warnings[0]
     assert result["samples"] == []  # nothing sent, nothing counted
+
+
+def test_ping_interval_from_the_environment(caplog):
+    assert ping.interval_from_env({}) == ping.INTERVAL == 30.0
+    assert ping.interval_from_env({"EHCO_PING_INTERVAL": "2.5"}) == 2.5
+    for bad in ("0", "-1", "soon", "0.01"):
+        caplog.clear()
+        assert ping.interval_from_env({"EHCO_PING_INTERVAL": bad}) == ping.INTERVAL
+        assert f"EHCO_PING_INTERVAL={bad!r}" in caplog.text

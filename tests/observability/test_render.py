@@ -10,9 +10,9 @@ from gevent import socket
 
 from ehco_gevent.config import parse_config
 from ehco_gevent.connections import ConnectionRegistry
-from ehco_gevent.observability.metrics import (CONST_LABELS, HANDSHAKE_BUCKETS_MS, HOSTNAME, MetricsService,
-                                 metric_names, metrics_for, parse_samples,
-                                 render_metrics)
+from ehco_gevent.observability.metrics import (CONST_LABELS, HOSTNAME, MetricsService, go_float,
+                                              metric_names, metrics_for, parse_samples,
+                                              render_metrics)
 from ehco_gevent.relay import Relay
 
 from ..support import LOOPBACK
@@ -70,16 +70,37 @@ def test_transmit_bytes_count_both_legs_as_ehco():
                  type="tcp", flow="read") == 1257
     assert value(fams, "ehco_traffic_current_connection_count", remote="lbl-127.0.0.1:9",
                  type="tcp") == 0
-    # the handshake histogram saw the two TCP dials (2 ms and 4 ms), not the UDP session
+    # the handshake histogram saw the two TCP dials (2 ms and 4 ms), not the UDP session,
+    # in milliseconds and Go's default buckets with Go's le strings ...
     assert value(fams, "ehco_traffic_handshake_duration_count", remote="lbl-127.0.0.1:9") == 2
     assert value(fams, "ehco_traffic_handshake_duration_sum", remote="lbl-127.0.0.1:9") == 6.0
+    les = [s.labels["le"] for s in fams if s.name == "ehco_traffic_handshake_duration_bucket"
+           and s.labels["remote"] == "lbl-127.0.0.1:9"]
+    assert les == GO_LE
     assert value(fams, "ehco_traffic_handshake_duration_bucket", remote="lbl-127.0.0.1:9",
                  le="2.5") == 1
     assert value(fams, "ehco_traffic_handshake_duration_bucket", remote="lbl-127.0.0.1:9",
-                 le="5.0") == 2
-    assert not [s for s in fams if s.name.startswith("ehco_traffic_handshake_duration")
+                 le="5") == 2
+    assert value(fams, "ehco_traffic_handshake_duration_bucket", remote="lbl-127.0.0.1:9",
+                 le="1") == 0
+    # ... and in seconds, in buckets that resolve them
+    seconds = "ehco_gevent_handshake_duration_seconds"
+    assert value(fams, f"{seconds}_sum", remote="lbl-127.0.0.1:9") == 0.006
+    assert value(fams, f"{seconds}_bucket", remote="lbl-127.0.0.1:9", le="0.001") == 0
+    assert value(fams, f"{seconds}_bucket", remote="lbl-127.0.0.1:9", le="0.0025") == 1
+    assert value(fams, f"{seconds}_bucket", remote="lbl-127.0.0.1:9", le="0.005") == 2
+    assert not [s for s in fams if "handshake_duration" in s.name
                 and s.labels["remote"] == "lbl-127.0.0.1:53"]
-    assert len(HANDSHAKE_BUCKETS_MS) > 5
+
+
+#: the le strings of Go's client for prometheus.DefBuckets (as a Go ehco node exposes them)
+GO_LE = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"]
+
+
+def test_go_float_writes_bounds_as_go_does():
+    assert [go_float(v) for v in ("1.0", "10.0", "0.005", "2.048", "+Inf", "100000.0",
+                                  "1000000.0", "1e-05", "1234567.0")] == [
+        "1", "10", "0.005", "2.048", "+Inf", "100000", "1e+06", "1e-05", "1.234567e+06"]
 
 
 def test_exposition_keeps_gos_names_and_types():
@@ -102,15 +123,45 @@ def test_exposition_keeps_gos_names_and_types():
         assert name in names, name
 
 
-def test_every_series_carries_the_runner_hostname():
+def test_runner_hostname_only_on_ehco_series_as_go_puts_it():
     app = make_app()
     app.registry.open("lbl", "tcp", "c", "r:1", "lbl-r:1", 1.0)
     app.registry.dial_failed("lbl-r:2")
+    metrics_for(app).ping_requests.labels("127.0.0.1", "h", "lbl").inc()
     samples = scrape(app)
     assert len(samples) > 50
     assert CONST_LABELS == {"ehco_runner_hostname": HOSTNAME}
-    missing = [s.name for s in samples if s.labels.get("ehco_runner_hostname") != HOSTNAME]
-    assert missing == []
+    ehco = [s for s in samples if s.name.startswith("ehco_")]
+    others = [s for s in samples if not s.name.startswith("ehco_")]
+    assert {s.name.split("_")[0] for s in others} >= {"node", "process", "python", "go"}
+    assert [s.name for s in ehco if s.labels.get("ehco_runner_hostname") != HOSTNAME] == []
+    assert [s.name for s in others if "ehco_runner_hostname" in s.labels] == []
+
+
+def test_go_runtime_compatibility_gauges():
+    """go_goroutines and go_memstats_sys_bytes are Go ehco's dashboard's job variable and two
+    panels: live greenlets and the process's resident memory (/proc/self/status VmRSS)."""
+    import gc
+
+    import greenlet
+
+    app = make_app()
+    before = value(scrape(app), "go_goroutines")
+    parked = [gevent.spawn(gevent.sleep, 30) for _ in range(25)]
+    gevent.sleep(0)
+    try:
+        samples = scrape(app)
+        assert value(samples, "go_goroutines") == before + 25
+        assert value(samples, "go_goroutines") == value(samples, "ehco_gevent_greenlets")
+        live = sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
+        assert value(samples, "go_goroutines") == live
+        with open("/proc/self/status") as f:
+            rss_kb = int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+        # the same quantity the kernel reports, allowing for pages touched in between
+        assert abs(value(samples, "go_memstats_sys_bytes") - rss_kb * 1024) < 8 * 2 ** 20
+    finally:
+        gevent.killall(parked)
+    assert value(scrape(app), "go_goroutines") == before
 
 
 def test_alive_state_and_dial_failures():
@@ -176,3 +227,21 @@ def test_in_process_relay_counts_exactly_and_greenlets_show():
         relay.stop()
         relay.drop_connections()
         echo.close()
+
+
+def test_metrics_response_gzips_only_when_asked():
+    import gzip
+
+    from ehco_gevent.observability.metrics import metrics_response
+
+    app = make_app()
+    plain, headers = metrics_response(app, "")
+    assert "Content-Encoding" not in headers and plain.startswith(b"# HELP")
+    for asked in ("gzip", "gzip, deflate", "deflate, gzip;q=0.5", "*"):
+        body, headers = metrics_response(app, asked)
+        assert headers["Content-Encoding"] == "gzip", asked
+        assert gzip.decompress(body).startswith(b"# HELP")
+    for refused in ("identity", "gzip;q=0", "deflate"):
+        body, headers = metrics_response(app, refused)
+        assert "Content-Encoding" not in headers and body.startswith(b"# HELP"), refused
+    assert headers["Vary"] == "Accept-Encoding"
