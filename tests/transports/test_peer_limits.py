@@ -184,3 +184,19 @@ def test_ping_flood_on_a_frame_stream_is_cut(monkeypatch, caplog):
             pass
     assert any("ping-test" in r.getMessage() and "last: ping" in r.getMessage()
                for r in caplog.records)
+
+
+# -- the config keys -------------------------------------------------------------------------------
+def test_tunnel_limit_keys_have_defaults_and_bad_values_name_the_key():
+    from ehco_gevent.config import ConfigError, parse_config
+
+    cfg, warnings = parse_config({"smux_max_streams": 8, "smux_idle_timeout": 1.5}, "t.json")
+    assert not warnings
+    assert cfg.limits.smux_max_streams == 8 and cfg.limits.smux_idle_timeout == 1.5
+    assert cfg.limits.empty_frames_per_second == 1000 and cfg.limits.tunnel_max_handshakes == 256
+    assert cfg.limits.smux_idle_timeout < Limits().smux_idle_timeout
+    assert Limits().smux_idle_timeout > 600  # longer than Go ehco keeps a pooled session
+    with pytest.raises(ConfigError, match=r"t\.json.*smux_max_streams.*whole number"):
+        parse_config({"smux_max_streams": 2.5}, "t.json")
+    with pytest.raises(ConfigError, match=r"empty_frames_per_second.*greater than 0"):
+        parse_config({"empty_frames_per_second": 0}, "t.json")
