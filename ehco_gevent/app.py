@@ -26,7 +26,7 @@ from . import limits, logs
 from .addresses import ListenError
 from .config import Config, ConfigError, check_unique_labels, load_config, parse_config
 from .connections import ConnectionRegistry
-from .server import RelayServer
+from .server import REPEAT_INTERVAL, RelayServer
 from .transports import UnsupportedTransport
 from .version import VERSION
 
@@ -123,16 +123,21 @@ class App:
         self.config: Config | None = None
         self.stopping = Event()
         self._reload_lock = Semaphore()
+        self._repeats = logs.RateLimitedLogger(log, interval=REPEAT_INTERVAL)
         self.services: list[Any] = load_services(self)
 
     # -- config -------------------------------------------------------------------------------
-    def load(self) -> Config:
-        """Read and validate the config; raises ConfigError, changes nothing."""
+    def load(self, timer: bool = False) -> Config:
+        """Read and validate the config; raises ConfigError, changes nothing. ``timer``: the
+        periodic re-read, whose repeated warnings are rate-limited."""
         if not self.path:
             return apply_flags(config_from_flags(self.opts), self.opts)
-        cfg, warnings = load_config(self.path)
-        for warning in warnings:
-            log.warning("%s", warning)
+        try:
+            cfg, warnings = load_config(self.path)
+        except ConfigError as exc:
+            self._warn(exc.warnings, timer)  # a typo is often why it failed: show it first
+            raise
+        self._warn(warnings, timer)
         cfg = apply_flags(cfg, self.opts)
         for service in self.services:
             expand = getattr(service, "expand_config", None)
@@ -141,25 +146,37 @@ class App:
         check_unique_labels(cfg.relay_configs, self.path)
         return cfg
 
+    def _warn(self, warnings: list[str], timer: bool) -> None:
+        """Config warnings; the timer's repeats of a warning at most every REPEAT_INTERVAL
+        (it re-reads the same file every reload_interval)."""
+        for warning in warnings:
+            self._repeats.log(logging.WARNING, warning, "%s", warning, force=not timer)
+
     def reload(self, reason: str) -> tuple[bool, str]:
-        """Re-read the config and apply it; on any error the running relays stay as they are."""
+        """Re-read the config and apply it; on a config error the running relays stay as they
+        are. Returns ``(True, "reload success")`` when everything applied, else False and the
+        reason: the config error, or ``reload: started ...; failed: LABEL (why)`` when the
+        config was applied but some relay did not start (docs/configuration.md, Reload)."""
         with self._reload_lock:
             if not self.path:
                 return False, "no config file or URL to reload (started from command-line flags)"
             log.log(logging.DEBUG if reason == "timer" else logging.INFO, "reload (%s): reading %s",
                     reason, self.path)
             try:
-                cfg = self.load()
+                cfg = self.load(timer=reason == "timer")
             except ConfigError as exc:
-                log.error("reload (%s) failed, keeping the running config: %s", reason, exc)
+                message = f"reload ({reason}) failed, keeping the running config: {exc}"
+                # the timer reads the same broken file again every interval: not every line
+                self._repeats.log(logging.ERROR, str(exc), "%s", message, force=reason != "timer")
                 return False, str(exc)
             logs.setup(cfg.log_level)
             limits.set_current(cfg.limits)
-            _, errors = self.relays.apply(cfg.relay_configs)
+            done, _ = self.relays.apply(cfg.relay_configs, f"reload ({reason})",
+                                        timer=reason == "timer")
             self.config = cfg
             _call_all(self.services, "on_config", cfg)
-            if errors:
-                return False, "; ".join(errors)
+            if done.failed:
+                return False, f"reload: {done.summary()}"
             return True, "reload success"
 
     # -- running ------------------------------------------------------------------------------
@@ -171,6 +188,9 @@ class App:
         log.info("Start ehco-gevent with version: %s", VERSION)
         self.relays.start_all(cfg.relay_configs)
         self.config = cfg
+        if not (cfg.relay_configs or cfg.web_port or cfg.sub_configs or cfg.xray_config):
+            log.warning("config %s has no relay_configs, web_port, sub_configs or xray_config: "
+                        "nothing is served until a reload adds some", self.path or "")
         _call_all(self.services, "start")
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP"))
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
@@ -212,6 +232,9 @@ def raise_fd_limit() -> None:
 
 def run(opts: dict[str, Any]) -> int:
     logs.setup(opts.get("log_level") or "info")
+    if opts.get("ignored_flags"):
+        log.warning("%s ignored: with -c the config file describes the relays (as in ehco); "
+                    "put them in %s", " ".join(opts["ignored_flags"]), opts["config"])
     app = App(opts)
     try:
         app.start()

@@ -15,6 +15,9 @@ import click
 from .version import GIT_BRANCH, VERSION
 
 BOOL = click.BOOL
+#: the flags that describe the one relay of a config-less start (ignored with -c)
+RELAY_FLAGS = {"local": "-l", "remote": "-r", "udp_remote": "-ur", "listen_type": "-lt",
+               "transport_type": "-tt", "ws_frames": "--ws_frames"}
 
 
 def _names(*names: str) -> list[str]:
@@ -79,6 +82,11 @@ def cli(ctx: click.Context, **opts) -> None:
     """ehco is a network relay tool and a typo :)"""
     if ctx.invoked_subcommand is not None:
         return
+    if opts.get("config"):
+        # ehco ignores the relay flags when -c is given (the file wins); we do too, but say so
+        opts["ignored_flags"] = [flag for name, flag in RELAY_FLAGS.items()
+                                 if ctx.get_parameter_source(name) not in
+                                 (None, click.core.ParameterSource.DEFAULT)]
     from .app import run
 
     sys.exit(run(opts))

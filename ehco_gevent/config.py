@@ -29,7 +29,27 @@ TOP_KEYS = {
 
 
 class ConfigError(Exception):
-    """A config that cannot be used; ``str()`` is the one line shown to the operator."""
+    """A config that cannot be used; ``str()`` is the one line shown to the operator.
+
+    ``warnings`` are the unknown-key warnings found before the error: a typo (``tcp_remote``)
+    is most often the reason a relay fails validation, so they are shown with it."""
+
+    def __init__(self, message: str, warnings: list[str] | None = None):
+        super().__init__(message)
+        self.warnings = warnings or []
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'tcp_remotes'?)`` for a key close to a known one, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_key_warning(source: str, where: str, key: str, known: Iterable[str]) -> str:
+    place = f"{where}: " if where else ""
+    return f"config {source}: {place}unknown key {key!r} ignored{did_you_mean(key, known)}"
 
 
 @dataclass(frozen=True)
@@ -181,8 +201,20 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
     label = check.typed(data, "label", str, where, "")
     if label:
         where = f"{where} (label {label!r})"
-    for key in sorted(set(data) - RELAY_KEYS):
-        warnings.append(f"config {check.source}: {where}: unknown key {key!r} ignored")
+    unknown = sorted(set(data) - RELAY_KEYS)
+    warnings += [unknown_key_warning(check.source, where, key, RELAY_KEYS) for key in unknown]
+    try:
+        return _parse_relay(data, where, label, check)
+    except ConfigError as exc:
+        if not unknown:
+            raise
+        # the typo is most likely the cause: say so on the error line itself
+        notes = ", ".join(f"{key!r}{did_you_mean(key, RELAY_KEYS)}" for key in unknown)
+        raise ConfigError(f"{exc}; note the unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{notes} in this relay") from None
+
+
+def _parse_relay(data: dict, where: str, label: str, check: _Checker) -> RelayConfig:
     listen = check.typed(data, "listen", str, where, "")
     if not listen:
         raise check.fail(where, "listen", "must be a non-empty host:port")
@@ -209,7 +241,8 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
                 else:
                     remote_host_port(item)
             except ValueError as exc:
-                raise check.fail(where, f"{key}[{i}]", str(exc)) from None
+                raise check.fail(where, f"{key}[{i}]", str(exc) + scheme_hint(
+                    item, key, types["transport_type"])) from None
         remotes[key] = tuple(items)
     if not remotes["tcp_remotes"] and not remotes["udp_remotes"]:
         raise check.fail(where, "tcp_remotes/udp_remotes", "both are empty; give at least one remote")
@@ -218,6 +251,16 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
         label = default_label(listen, types["listen_type"], remotes["tcp_remotes"],
                               remotes["udp_remotes"], types["transport_type"])
     return RelayConfig(listen=listen, label=label, ws_frames=ws_frames, **types, **remotes)
+
+
+def scheme_hint(remote: str, key: str, transport_type: str) -> str:
+    """A ``ws://`` or ``wss://`` remote on a raw relay: the transport type was left out."""
+    scheme = remote.split("://", 1)[0].lower() if "://" in remote else ""
+    if key != "tcp_remotes" or transport_type != "raw" or scheme not in ("ws", "wss"):
+        return ""
+    kinds = "ws" if scheme == "ws" else "wss or mwss"
+    flags = "-tt ws" if scheme == "ws" else "-tt wss or -tt mwss"
+    return f"; a {scheme}:// remote needs transport_type {kinds} ({flags} on the command line)"
 
 
 def check_unique_labels(relays: Iterable[RelayConfig], source: str) -> None:
@@ -235,7 +278,22 @@ def parse_config(data: Any, source: str = "<config>") -> tuple[Config, list[str]
     check = _Checker(source)
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a JSON object")
-    warnings = [f"config {source}: unknown key {key!r} ignored" for key in sorted(set(data) - TOP_KEYS)]
+    unknown = sorted(set(data) - TOP_KEYS)
+    warnings = [unknown_key_warning(source, "", key, TOP_KEYS) for key in unknown]
+    if unknown and not set(data) & TOP_KEYS:
+        # nothing but typos (``relay_config``): starting would serve nothing, silently
+        notes = ", ".join(f"{key!r}{did_you_mean(key, TOP_KEYS)}" for key in unknown)
+        raise ConfigError(f"invalid config {source}: no known top-level key, only unknown "
+                          f"{notes}; nothing to serve")
+    try:
+        return _parse_config(data, source, check, warnings)
+    except ConfigError as exc:
+        exc.warnings = warnings + exc.warnings
+        raise
+
+
+def _parse_config(data: dict, source: str, check: _Checker, warnings: list[str]
+                  ) -> tuple[Config, list[str]]:
     web_port = check.typed(data, "web_port", int, "", 0)
     if not 0 <= web_port <= 65535:
         raise check.fail("", "web_port", f"{web_port} is not a port number")
@@ -257,8 +315,8 @@ def parse_config(data: Any, source: str = "<config>") -> tuple[Config, list[str]
         where = f"sub_configs[{i}]"
         if not isinstance(item, dict):
             raise check.fail("", where, "expected an object with name and url")
-        for key in sorted(set(item) - {"name", "url"}):
-            warnings.append(f"config {source}: {where}: unknown key {key!r} ignored")
+        warnings += [unknown_key_warning(source, where, key, ("name", "url"))
+                     for key in sorted(set(item) - {"name", "url"})]
         name = check.typed(item, "name", str, where, "")
         url = check.typed(item, "url", str, where, "")
         if not name:

@@ -32,6 +32,10 @@ def ehco_executable() -> str:
 
 
 def unit_text(config_path: str) -> str:
+    """systemd starts the service in ``/``: a relative config path is made absolute here,
+    against the directory ``ehco install`` ran in (URLs are kept as they are)."""
+    if "://" not in config_path:
+        config_path = os.path.abspath(config_path)
     return UNIT.format(exec_start=f"{ehco_executable()} -c {config_path}")
 
 

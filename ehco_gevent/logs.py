@@ -1,9 +1,11 @@
-"""Logging set-up: one line per event on stderr, level names as ehco's (warn, not warning)."""
+"""Logging set-up: one line per event on stderr, level names as ehco's (warn, not warning);
+and :class:`RateLimitedLogger`, for lines a peer could otherwise repeat once per connection."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "warning": logging.WARNING, "error": logging.ERROR}
@@ -21,29 +23,46 @@ def setup(level: str) -> None:
 
 
 class RateLimitedLogger:
-    """At most one line per cause per ``interval`` seconds, for events an attacker can repeat
-    at will (junk floods, slow clients timing out): the first occurrence is logged at once,
-    the rest are counted and reported with the next line of the same cause ("and N more")."""
+    """At most one line per cause per ``interval`` seconds.
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0):
+    For causes a peer can repeat at will (a mismatched tunnel, a scanner, a flood of bad
+    handshakes): the operator gets one line per cause per interval, never one per connection.
+    Lines held back are counted, and the next line that passes for that cause says how many.
+    ``cause`` (any hashable) should hold the relay label and the cause, not the client address,
+    or every client would get a line of its own. The table forgets causes idle for longer than
+    ``interval`` and never holds more than ``max_keys``.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, max_keys: int = 1024):
         self.logger = logger
         self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self.max_keys = max_keys
+        self._seen: dict = {}  # cause -> [time of the last line, lines held back since]
 
-    def log(self, level: int, cause: str, msg: str, *args) -> bool:
-        """Log ``msg % args`` unless ``cause`` was logged within the interval; True if logged."""
-        import time
-
+    def log(self, level: int, cause, msg: str, *args, force: bool = False) -> bool:
+        """Log ``msg % args`` unless ``cause`` had a line within the interval; True if logged.
+        ``force`` logs anyway (an event the operator caused, such as SIGHUP) and starts the
+        cause's interval from now."""
         now = time.monotonic()
-        last = self._last.get(cause)
-        if last is not None and now - last < self.interval:
-            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+        entry = self._seen.get(cause)
+        if entry is not None and now - entry[0] < self.interval and not force:
+            entry[1] += 1
             return False
-        self._last[cause] = now
-        more = self._suppressed.pop(cause, 0)
-        if more:
+        if entry is None and len(self._seen) >= self.max_keys:
+            self._forget(now)
+        held = entry[1] if entry is not None else 0
+        self._seen[cause] = [now, 0]
+        if held:
             msg += " (and %d more since the last report)"
-            args = (*args, more)
+            args = (*args, held)
         self.logger.log(level, msg, *args)
         return True
+
+    def warning(self, cause, msg: str, *args) -> bool:
+        return self.log(logging.WARNING, cause, msg, *args)
+
+    def _forget(self, now: float) -> None:
+        for key in [k for k, v in self._seen.items() if now - v[0] >= self.interval]:
+            del self._seen[key]
+        if len(self._seen) >= self.max_keys:  # all recent: start over rather than grow
+            self._seen.clear()

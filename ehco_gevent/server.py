@@ -3,6 +3,8 @@
 :func:`plan` is the whole reload policy as a pure function over two label->config maps, so it is
 tested without sockets: labels that vanished stop, new labels start, a relay whose settings
 changed restarts, an unchanged relay is left alone and its open connections are not touched.
+:class:`Applied` is what really happened (a relay can fail to bind), as logs and the web
+reload routes report it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from typing import Iterable
 
 from .config import RelayConfig
 from .connections import ConnectionRegistry
+from .logs import RateLimitedLogger
 from .relay import Relay
 
 log = logging.getLogger("ehco.server")
+
+#: a relay that keeps failing for the same reason is reported again at most this often
+REPEAT_INTERVAL = 600.0
 
 
 @dataclass
@@ -41,10 +47,41 @@ def plan(old: dict[str, RelayConfig], new: dict[str, RelayConfig]) -> Plan:
     return result
 
 
+@dataclass
+class Applied:
+    """What a reload did: the relays that really started, restarted and stopped, and those
+    that failed to start (label -> reason). A failed relay is not running."""
+
+    started: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    kept: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.started or self.restarted or self.stopped or self.failed)
+
+    def summary(self) -> str:
+        """``started a, b; kept 1; failed: c (cannot listen on ...: address already in use)``"""
+        parts = [f"{name} {', '.join(labels)}" for name, labels in (
+            ("started", self.started), ("restarted", self.restarted), ("stopped", self.stopped))
+            if labels]
+        parts.append(f"kept {self.kept}")
+        if self.failed:
+            parts.append("failed: " + ", ".join(f"{label} ({reason})"
+                                                for label, reason in self.failed.items()))
+        return "; ".join(parts)
+
+
 class RelayServer:
     def __init__(self, registry: ConnectionRegistry):
         self.registry = registry
         self.relays: dict[str, Relay] = {}
+        #: relays of the last apply that did not start (label -> reason); each later apply
+        #: (every reload, the timer's included) tries them again
+        self.failed: dict[str, str] = {}
+        self._repeats = RateLimitedLogger(log, interval=REPEAT_INTERVAL)
 
     def configs(self) -> dict[str, RelayConfig]:
         return {label: relay.cfg for label, relay in self.relays.items()}
@@ -63,11 +100,17 @@ class RelayServer:
         relay.start()
         self.relays[cfg.label] = relay
 
-    def apply(self, cfgs: Iterable[RelayConfig]) -> tuple[Plan, list[str]]:
-        """Move the running set to ``cfgs``; returns the plan and the relays that failed to
-        start (each message names the relay). Failures do not stop the rest."""
+    def apply(self, cfgs: Iterable[RelayConfig], what: str = "reload", timer: bool = False
+              ) -> tuple[Applied, list[str]]:
+        """Move the running set to ``cfgs``; returns what was done and the messages of the
+        relays that failed to start (each names the relay). Failures do not stop the rest.
+
+        One log line: info when all went well, error when a relay failed for a new reason; a
+        relay that fails again as it did last time is repeated by the ``timer`` at most every
+        REPEAT_INTERVAL seconds, and "started" names only the relays that really started."""
         new = {cfg.label: cfg for cfg in cfgs}
         steps = plan(self.configs(), new)
+        done = Applied(stopped=list(steps.stop), kept=len(steps.keep))
         errors = []
         for label in steps.stop + steps.restart:
             self.relays.pop(label).stop()
@@ -75,13 +118,24 @@ class RelayServer:
             try:
                 self._start(new[label])
             except Exception as exc:
-                log.error("%s", exc)
                 errors.append(str(exc))
-        if steps.stop or steps.start or steps.restart:
-            log.info("reload: started %s, restarted %s, stopped %s, kept %d",
-                     steps.start or "none", steps.restart or "none", steps.stop or "none",
-                     len(steps.keep))
-        return steps, errors
+                done.failed[label] = str(exc).removeprefix(f"relay {label}").lstrip(": ")
+                continue
+            (done.restarted if label in steps.restart else done.started).append(label)
+        fresh = {label: reason for label, reason in done.failed.items()
+                 if self.failed.get(label) != reason}
+        self.failed = dict(done.failed)
+        line = f"{what}: {done.summary()}"
+        key = tuple(sorted(done.failed.items()))
+        if fresh:
+            self._repeats.log(logging.ERROR, key, "%s", line + " (failed relays are retried at "
+                              "every reload)", force=True)
+        elif done.started or done.restarted or done.stopped:
+            log.log(logging.WARNING if done.failed else logging.INFO, "%s", line)
+        elif done.failed:
+            self._repeats.log(logging.WARNING, key, "%s",
+                              line + " (still failing; retried at every reload)", force=not timer)
+        return done, errors
 
     def stop_all(self, drop: bool = False) -> None:
         for relay in list(self.relays.values()):

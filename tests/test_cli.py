@@ -12,11 +12,11 @@ import pytest
 from .support import ROOT, free_port, roundtrip, wait_port, write_config
 
 
-def run_ehco(*args, env=None, timeout=20):
+def run_ehco(*args, env=None, timeout=20, cwd=None):
     full_env = dict(os.environ, PYTHONPATH=str(ROOT))
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "ehco_gevent", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+                          capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
 def assert_clean_failure(result, code, *words):
@@ -226,3 +226,67 @@ def test_config_reload_interval(ehco, echo_server, tmp_path, style):
     assert roundtrip(p2, b"ticker") == b"ticker"
     assert roundtrip(p1, b"kept") == b"kept"
     assert "stopped listening" not in proc.log
+
+
+def test_install_writes_the_absolute_config_path(tmp_path):
+    """systemd runs the unit in /: a relative --config must not stay relative."""
+    unit = tmp_path / "ehco.service"
+    out = run_ehco("install", "--path", unit, "--config", "conf/config.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    exec_line = next(l for l in unit.read_text().splitlines() if l.startswith("ExecStart="))
+    assert exec_line.endswith(f" -c {tmp_path}/conf/config.json")
+
+
+def test_typo_is_shown_with_the_error_it_causes(tmp_path):
+    cfg = write_config(tmp_path, {"relay_configs": [{"listen": "127.0.0.1:1", "label": "t",
+                                                     "tcp_remote": ["127.0.0.1:2"]}]})
+    result = run_ehco("-c", cfg)
+    assert_clean_failure(result, 2, str(cfg), "relay_configs[0] (label 't')")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    warning, error = lines  # the warning first, then the error, which hints at the fix itself
+    assert "WARN" in warning and "unknown key 'tcp_remote' ignored (did you mean 'tcp_remotes'?)" in warning
+    assert "ERROR" in error and "both are empty" in error
+    assert "note the unknown key 'tcp_remote' (did you mean 'tcp_remotes'?)" in error
+
+
+def test_config_of_nothing_but_typos_exits_2(tmp_path):
+    cfg = write_config(tmp_path, {"relay_config": [{"listen": "127.0.0.1:1",
+                                                    "tcp_remotes": ["127.0.0.1:2"]}]})
+    assert_clean_failure(run_ehco("-c", cfg), 2, str(cfg), "'relay_config'",
+                         "did you mean 'relay_configs'?", "nothing to serve")
+
+
+@pytest.mark.parametrize("extra", [{}, {"relay_confg": []}], ids=["web-only", "web-and-typo"])
+def test_config_with_only_a_web_port_starts(tmp_path, ehco, extra):
+    web = free_port()
+    proc = ehco("-c", write_config(tmp_path, {"web_host": "127.0.0.1", "web_port": web,
+                                              "enable_ping": False, **extra}))
+    wait_port(web)
+    assert "nothing is served" not in proc.log
+    if extra:
+        proc.wait_log("unknown key 'relay_confg' ignored (did you mean 'relay_configs'?)")
+
+
+@pytest.mark.parametrize("scheme,hint", [("ws", "-tt ws"), ("wss", "-tt wss or -tt mwss")])
+def test_tunnel_remote_without_transport_type_hints_at_tt(scheme, hint):
+    result = run_ehco("-l", "127.0.0.1:1", "-r", f"{scheme}://127.0.0.1:2")
+    assert_clean_failure(result, 2, "is not host:port", hint)
+
+
+def test_relay_flags_beside_a_config_are_named_as_ignored(tmp_path, ehco, echo_server):
+    """ehco lets the file win over -l/-r; so do we, but the log says so."""
+    port, flag_port = free_port(), free_port()
+    cfg = write_config(tmp_path, {"relay_configs": [{
+        "listen": f"127.0.0.1:{port}", "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}]})
+    proc = ehco("-c", cfg, "-l", f"127.0.0.1:{flag_port}", "-r", "127.0.0.1:9",
+                env={"EHCO_TRANSPORT_TYPE": "ws"})
+    wait_port(port)
+    proc.wait_log(f"-l -r -tt ignored: with -c the config file describes the relays")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", flag_port), timeout=5).close()
+
+
+def test_config_that_serves_nothing_says_so(tmp_path, ehco):
+    proc = ehco("-c", write_config(tmp_path, {"log_level": "info"}))
+    proc.wait_log("nothing is served until a reload adds some")

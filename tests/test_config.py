@@ -94,6 +94,32 @@ def test_unknown_keys_are_warned_about():
     assert any("'web_prot'" in w for w in warnings)
     assert any("relay_configs[0]" in w and "'tcp_remote'" in w for w in warnings)
     assert cfg.relay_configs[0].tcp_remotes == ("127.0.0.1:5201",)
+    assert "(did you mean 'web_port'?)" in warnings[0]
+
+
+def test_unknown_keys_come_with_the_error_they_cause():
+    doc = {"web_prot": 1, "relay_configs": [{"listen": "127.0.0.1:1", "tcp_remote": ["h:1"]}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, "c.json")
+    assert "note the unknown key 'tcp_remote' (did you mean 'tcp_remotes'?)" in str(info.value)
+    assert len(info.value.warnings) == 2 and "'web_prot'" in info.value.warnings[0]
+    assert "'tcp_remote' ignored (did you mean 'tcp_remotes'?)" in info.value.warnings[1]
+
+
+def test_nothing_but_unknown_top_level_keys_is_an_error():
+    with pytest.raises(ConfigError, match="only unknown 'relay_config' .did you mean "
+                                          "'relay_configs'.."):
+        parse_config({"relay_config": [relay()]}, "c.json")
+    for fine in ({}, {"web_port": 1, "relay_config": []}, {"xray_config": {}}):
+        parse_config(fine, "c.json")
+
+
+@pytest.mark.parametrize("remote,hint", [("ws://h:1", "needs transport_type ws (-tt ws"),
+                                         ("wss://h:1/p", "transport_type wss or mwss")])
+def test_scheme_on_a_raw_relay_hints_at_the_transport_type(remote, hint):
+    with pytest.raises(ConfigError, match="is not host:port") as info:
+        parse_config({"relay_configs": [relay(tcp_remotes=[remote])]})
+    assert hint in str(info.value)
 
 
 def test_tunnel_remotes_may_carry_a_scheme():

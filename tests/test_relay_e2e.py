@@ -313,7 +313,7 @@ def test_reload_changed_relay_moves_to_new_remote(ehco, tmp_path):
         relay["tcp_remotes"] = [f"127.0.0.1:{b.port}"]
         write_config(tmp_path, {"relay_configs": [relay]})
         proc.signal(signal.SIGHUP)
-        proc.wait_log("restarted ['mv']")
+        proc.wait_log("reload (SIGHUP): restarted mv")
         wait_port(port)
         assert roundtrip(port, b"y", greeting=b"B") == b"y"
     finally:
@@ -451,3 +451,67 @@ def test_out_of_file_descriptors_pauses_accepting_then_recovers(tmp_path, echo_s
         assert roundtrip(port, b"recovered", timeout=15) == b"recovered"
     finally:
         proc.stop()
+
+
+def test_reload_reports_what_started_and_what_failed(ehco, echo_server, tmp_path):
+    """A reload that adds two relays, one on a busy port: the log and the web reload route say
+    which one started and which one failed (and why); the failed one starts on a later reload
+    once its port is free."""
+    import requests
+
+    web, p1, p2 = free_port(), free_port(), free_port()
+    remote = [f"127.0.0.1:{echo_server.port}"]
+    relays = [{"listen": f"127.0.0.1:{p1}", "label": "a", "tcp_remotes": remote}]
+    doc = {"web_host": "127.0.0.1", "web_port": web, "enable_ping": False, "reload_interval": 0,
+           "relay_configs": relays}
+    cfg = write_config(tmp_path, doc)
+    proc = ehco("-c", cfg)
+    wait_port(p1)
+    wait_port(web)
+    busy = socket.create_server(("127.0.0.1", 0))
+    p3 = busy.getsockname()[1]
+    relays += [{"listen": f"127.0.0.1:{p2}", "label": "b", "tcp_remotes": remote},
+               {"listen": f"127.0.0.1:{p3}", "label": "c", "tcp_remotes": remote}]
+    write_config(tmp_path, doc)
+    why = f"cannot listen on 127.0.0.1:{p3}: address already in use"
+    resp = requests.post(f"http://127.0.0.1:{web}/reload/", timeout=10)
+    assert (resp.status_code, resp.text) == (400, f"reload: started b; kept 1; failed: c ({why})")
+    line = next(l for l in proc.log.splitlines() if "reload (web): started" in l)
+    assert "ERROR" in line and "started b; kept 1; failed: c" in line  # c is not "started"
+    assert roundtrip(p2, b"b serves") == b"b serves"
+    # again, port still busy: nothing new started, the failure is still answered
+    resp = requests.post(f"http://127.0.0.1:{web}/api/v1/config/reload/", timeout=10)
+    assert (resp.status_code, resp.text) == (400, f"reload: kept 2; failed: c ({why})")
+    proc.wait_log("reload (web): kept 2; failed: c")  # asked for: logged, though a repeat
+    busy.close()
+    proc.signal(signal.SIGHUP)
+    proc.wait_log("reload (SIGHUP): started c; kept 2")
+    assert roundtrip(p3, b"c serves") == b"c serves"
+    resp = requests.post(f"http://127.0.0.1:{web}/reload/", timeout=10)
+    assert (resp.status_code, resp.text) == (200, "reload success")
+    assert proc.log.count("started b") == 1 and proc.log.count("started c") == 1
+
+
+def test_timer_reload_retries_a_failed_relay_without_repeating_itself(ehco, echo_server,
+                                                                      tmp_path):
+    p1 = free_port()
+    busy = socket.create_server(("127.0.0.1", 0))
+    p2 = busy.getsockname()[1]
+    remote = [f"127.0.0.1:{echo_server.port}"]
+    relays = [{"listen": f"127.0.0.1:{p1}", "label": "a", "tcp_remotes": remote}]
+    doc = {"reload_interval": 1, "enable_ping": False, "log_level": "debug",
+           "relay_configs": relays}
+    cfg = write_config(tmp_path, doc)
+    proc = ehco("-c", cfg)
+    wait_port(p1)
+    relays.append({"listen": f"127.0.0.1:{p2}", "label": "c", "tcp_remotes": remote})
+    write_config(tmp_path, doc)
+    proc.wait_log("reload (timer): kept 1; failed: c (cannot listen on")
+    ticks = proc.log.count("reload (timer): reading")
+    wait_for(lambda: proc.log.count("reload (timer): reading"), lambda n: n >= ticks + 3,
+             "three more timer reloads")
+    assert proc.log.count("failed: c") == 1  # retried each time, reported once
+    assert "started" not in proc.log.split("failed: c", 1)[1]
+    busy.close()
+    proc.wait_log("reload (timer): started c; kept 1")  # the retry that finds the port free
+    assert roundtrip(p2, b"c serves") == b"c serves"

@@ -29,3 +29,13 @@ def test_remote_order_is_a_change():
     a = RelayConfig(listen="l:1", label="x", tcp_remotes=("h:1", "h:2"))
     b = RelayConfig(listen="l:1", label="x", tcp_remotes=("h:2", "h:1"))
     assert plan({"x": a}, {"x": b}).restart == ["x"]
+
+
+def test_applied_summary_names_what_started_and_what_failed():
+    from ehco_gevent.server import Applied
+
+    done = Applied(started=["a", "b"], stopped=["old"], kept=2,
+                   failed={"c": "cannot listen on 127.0.0.1:1: address already in use"})
+    assert done.summary() == ("started a, b; stopped old; kept 2; "
+                              "failed: c (cannot listen on 127.0.0.1:1: address already in use)")
+    assert Applied(kept=3).summary() == "kept 3" and not Applied(kept=3).changed

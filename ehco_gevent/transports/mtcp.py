@@ -11,6 +11,7 @@ from typing import Callable
 
 from .. import limits
 from ..config import RelayConfig, remote_host_port
+from . import sniff
 from .peer_limits import HandshakeGate, SessionGuard
 from .smux import SessionPool, serve_session
 from .streams import SocketStream
@@ -29,7 +30,9 @@ class MTCPInbound:
         tune(sock)
         guard = SessionGuard(limits.current(), server=True, label=self.cfg.label,
                              peer=client_addr, ticket=ticket)
-        serve_session(SocketStream(sock), on_stream, guard)
+        # a ws/wss/raw client sent here is named in the log, instead of a silent reset
+        serve_session(sniff.CheckedStream(sock, "mtcp", self.cfg.label, client_addr), on_stream,
+                      guard)
 
     def close(self) -> None:
         pass

@@ -30,7 +30,7 @@ EMPTY_BURST_SECONDS = 1.0
 
 def report(level: int, label: str, cause: str, msg: str, *args) -> None:
     """Log a limit's cause at most once per interval for this relay."""
-    RATE_LOG.log(level, f"{label}\0{cause}", "relay %s: " + msg, label, *args)
+    RATE_LOG.log(level, (label, cause), "relay %s: " + msg, label, *args)
 
 
 class TokenBucket:

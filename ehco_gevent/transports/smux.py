@@ -46,6 +46,7 @@ from gevent.queue import Queue
 from .. import limits as _limits
 from ..fairness import Budget
 from .peer_limits import OverBudget, SessionGuard
+from .sniff import mismatch_log
 
 log = logging.getLogger("ehco.smux")
 
@@ -247,6 +248,7 @@ class Session:
         self._write_lock = Semaphore()
         self.closed = False
         self.created_at = time.monotonic()
+        self.peer = ""  # the remote a client session was dialled for, for log lines
         self._reader = gevent.spawn(self._recv_loop)
         self.guard.start(self._expire)
 
@@ -310,6 +312,10 @@ class Session:
             log.debug("smux session %r: over the empty-frame budget (%s)", self, exc)
         except SmuxError as exc:
             log.debug("smux session %r: protocol error: %s", self, exc)
+            if self.client:  # our remote answered with something else: the operator's mistake
+                mismatch_log.warning(("smux", self.peer), "smux session to %s: %s: is %s an "
+                                     "mtcp or mwss listener? (-tt must match the remote's listen "
+                                     "type)", self.peer, exc, self.peer)
         except OSError as exc:
             log.debug("smux session %r: read failed: %s", self, exc)
         finally:
@@ -459,6 +465,7 @@ class SessionPool:
                 except OSError:
                     continue
         session = Session(self.dial(remote), client=True)
+        session.peer = remote
         sessions.append(session)
         log.debug("smux pool: new session to %s (%d now)", remote, len(sessions))
         return session.open_stream()

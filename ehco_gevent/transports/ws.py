@@ -6,17 +6,21 @@ that raw stream. With ``ws_frames`` (beyond ehco 1.1.4) the bytes go in RFC 6455
 instead, as ehco >= 1.1.5 and WebSocket proxies expect.
 
 The listener answers like ehco's HTTP mux: ``GET /`` gets the health text, the upgrade path
-without upgrade headers gets 400, any other path 404, and a request that is not HTTP is closed.
+without upgrade headers gets 400, any other path 404, and a request that is not HTTP is closed,
+as soon as its first bytes show it (see :mod:`.sniff`: a TLS ClientHello on a ws port, an SSH
+banner, plain bytes on a wss port), with one rate-limited line naming the likely mismatch.
 Bytes that arrive behind the HTTP head (either way) are kept: they are the stream's first bytes.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Callable
 
 import gevent
 
+from . import sniff
 from . import websocket as wsproto
 from .. import limits
 from ..config import RelayConfig, remote_host_port
@@ -31,14 +35,17 @@ log = logging.getLogger("ehco.ws")
 
 HANDSHAKE_TIMEOUT = 10.0
 PATHS = {"ws": "/ws/", "wss": "/wss/", "mwss": "/mwss/"}
+KINDS = {path: kind for kind, path in PATHS.items()}
 
 
 def index_text(client_addr: str) -> str:
     return f"access from remote ip: {client_addr} \n"
 
 
-def read_head(sock, timeout: float) -> tuple[bytes, bytes]:
-    """Read until the blank line ending an HTTP head; returns (head, bytes after it)."""
+def read_head(sock, timeout: float, check: Callable[[bytes], None] | None = None
+              ) -> tuple[bytes, bytes]:
+    """Read until the blank line ending an HTTP head; returns (head, bytes after it).
+    ``check(data)`` sees the bytes so far and may raise to give up early (not HTTP at all)."""
     data = b""
     with gevent.Timeout(timeout, TimeoutError("HTTP head not complete in time")):
         while True:
@@ -46,6 +53,8 @@ def read_head(sock, timeout: float) -> tuple[bytes, bytes]:
             if not chunk:
                 raise ConnectionError(f"closed after {len(data)} bytes of HTTP head")
             data += chunk
+            if check is not None:
+                check(data)
             split = wsproto.split_head(data)
             if split is not None:
                 return split
@@ -64,14 +73,21 @@ def _wrap(sock, tls_stream, pending: bytes, frames: bool, client: bool):
 def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
                    timeout: float = HANDSHAKE_TIMEOUT):
     """Serve one HTTP request on an accepted socket; the upgraded stream, or None when the
-    request was answered (health text, 400, 404) or was not HTTP."""
+    request was answered (health text, 400, 404) or was not HTTP.
+
+    Raises :class:`sniff.Mismatch` at once when the first bytes are another tunnel's (TLS on
+    a ws listener, plain bytes on a TLS one, an SSH banner...), and after the 404 for an
+    upgrade on another ws tunnel's path: the caller logs those at the default level."""
+    kind = KINDS[path]
     tls_stream = None
     io = sock
     if tls:
         with gevent.Timeout(timeout, TimeoutError("TLS handshake not complete in time")):
+            sniff.check_first_bytes(sniff.peek(sock, timeout), kind)
             tls_stream = TLSStream.handshake(sock, server_context(), server_side=True)
         io = tls_stream
-    head, rest = read_head(io, timeout)
+    head, rest = read_head(io, timeout, None if tls else
+                           lambda data: sniff.check_first_bytes(data, kind))
     request = wsproto.parse_request(head)
     if request.path == path and request.method == "GET":
         if not request.is_upgrade:
@@ -90,6 +106,9 @@ def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
         _answer(io, response)
         return None
     _answer(io, wsproto.build_response(404, "404 page not found\n"))
+    mismatch = sniff.wrong_path(request.path, PATHS, kind) if request.is_upgrade else None
+    if mismatch is not None:
+        raise mismatch
     return None
 
 
@@ -121,6 +140,9 @@ class WSInbound:
             try:
                 stream = accept_upgrade(sock, client_addr, self.path, self.tls,
                                         self.cfg.ws_frames)
+            except sniff.Mismatch as exc:
+                sniff.report(self.cfg.label, self.kind, client_addr, exc)
+                return
             except (wsproto.HandshakeError, OSError, TimeoutError, ValueError) as exc:
                 log.debug("relay %s: %s handshake from %s failed: %s", self.cfg.label,
                           self.kind, client_addr, exc)
@@ -148,6 +170,7 @@ def dial_upgrade(remote: str, path: str, tls: bool, frames: bool,
     """Connect, (TLS,) upgrade; the stream, with any bytes that came behind the 101."""
     host, port = remote_host_port(remote)
     sock = dial_tcp(host, port, timeout)
+    stage = "tls" if tls else "http"
     try:
         with gevent.Timeout(timeout + HANDSHAKE_TIMEOUT, TimeoutError("upgrade not answered in time")):
             io = sock
@@ -156,10 +179,14 @@ def dial_upgrade(remote: str, path: str, tls: bool, frames: bool,
                 tls_stream = TLSStream.handshake(sock, client_context(), server_side=False,
                                                  server_hostname=host or None)
                 io = tls_stream
+                stage = "http"
             key = wsproto.new_key()
             io.sendall(wsproto.build_request(wsproto.host_header(host, port), path, key))
             head, rest = read_head(io, timeout + HANDSHAKE_TIMEOUT)
             wsproto.check_response(head, key)
+    except (wsproto.HandshakeError, ConnectionError, ssl.SSLError) as exc:
+        sock.close()  # the remote answered, but not as our kind of listener: say what it may be
+        raise ConnectionError(sniff.upgrade_hint(KINDS[path], remote, stage, str(exc))) from None
     except BaseException:
         sock.close()
         raise

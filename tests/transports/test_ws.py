@@ -20,7 +20,7 @@ from ehco_gevent.transports import websocket as wsproto
 
 from ..support import free_port as support_free_port
 from ..support import (EchoServer, EhcoProcess, QuittingEchoServer, check_server_closes_first, parallel_roundtrips,
-                       roundtrip, sha, wait_port, write_config)
+                       read_until_closed, roundtrip, sha, wait_port, write_config)
 
 KINDS = [("ws", False), ("ws", True), ("wss", False), ("wss", True), ("mwss", False), ("mwss", True)]
 IDS = [f"{k}-{'frames' if f else 'raw'}" for k, f in KINDS]
@@ -203,16 +203,6 @@ def connect(port, tls):
     return sock
 
 
-def read_to_eof(sock) -> bytes:
-    out = bytearray()
-    try:
-        while chunk := sock.recv(65536):
-            out += chunk
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    return bytes(out)
-
-
 def still_serves(chains, kind, frames=False):
     a, _ = tunnel(chains, kind, frames)
     data = os.urandom(100_000)
@@ -224,7 +214,7 @@ def test_health_text_on_get_root(chains, kind):
     _, b = tunnel(chains, kind)
     with connect(b, kind != "ws") as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        head, body = read_to_eof(sock).split(b"\r\n\r\n", 1)
+        head, body = read_until_closed(sock).split(b"\r\n\r\n", 1)
         ip, port = sock.getsockname()
     assert head.startswith(b"HTTP/1.1 200 ")
     assert body == f"access from remote ip: {ip}:{port} \n".encode()
@@ -236,7 +226,7 @@ def test_head_root_gets_the_head_only(chains, kind):
     _, b = tunnel(chains, kind)
     with connect(b, kind != "ws") as sock:
         sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = read_to_eof(sock)
+        answer = read_until_closed(sock)
     head, body = answer.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: " in head and body == b""
 
@@ -262,7 +252,7 @@ def test_wrong_path_is_404(chains, kind):
     _, b = tunnel(chains, kind)
     with connect(b, kind != "ws") as sock:
         sock.sendall(wsproto.build_request("x", "/nope/", wsproto.new_key()))
-        answer = read_to_eof(sock)
+        answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 404 ") and answer.endswith(b"404 page not found\n")
     still_serves(chains, kind)
 
@@ -272,7 +262,7 @@ def test_plain_get_on_the_upgrade_path_is_400(chains, kind):
     _, b = tunnel(chains, kind)
     with connect(b, kind != "ws") as sock:
         sock.sendall(f"GET /{kind}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        answer = read_to_eof(sock)
+        answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 400 ")
     still_serves(chains, kind)
 
@@ -283,7 +273,7 @@ def test_wrong_websocket_version_is_426(chains, kind):
     request = wsproto.build_request("x", f"/{kind}/", wsproto.new_key())
     with connect(b, kind != "ws") as sock:
         sock.sendall(request.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"))
-        answer = read_to_eof(sock)
+        answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 426 ") and b"\r\nSec-WebSocket-Version: 13\r\n" in answer
     still_serves(chains, kind)
 
@@ -300,9 +290,8 @@ def test_garbage_instead_of_http_is_closed(chains, garbage, frames):
             sock.sendall(garbage)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        start = time.monotonic()
-        assert read_to_eof(sock) == b""  # no answer, just closed
-        assert time.monotonic() - start < 5
+        # no answer, just closed: at once, well before the 10 s handshake deadline
+        assert read_until_closed(sock, timeout=5) == b""
     still_serves(chains, "ws", frames)
 
 
@@ -313,7 +302,7 @@ def test_garbage_tls_client_hello_is_closed(chains, kind):
     for junk in (hello, b"GET / HTTP/1.1\r\n\r\n"):  # and plain HTTP on a TLS port
         with socket.create_connection(("127.0.0.1", b), timeout=10) as sock:
             sock.sendall(junk)
-            answer = read_to_eof(sock)
+            answer = read_until_closed(sock)
         assert b"HTTP" not in answer  # at most a TLS alert, then closed
     still_serves(chains, kind)
 
@@ -350,9 +339,7 @@ def test_mismatched_tunnel_kind_closes_the_client_promptly(chains, tmp_path):
         wait_port(a)
         with socket.create_connection(("127.0.0.1", a), timeout=10) as sock:
             sock.sendall(b"hello")
-            start = time.monotonic()
-            assert read_to_eof(sock) == b""
-            assert time.monotonic() - start < 5
+            assert read_until_closed(sock) == b""
         node.wait_log("upgrade refused")
     finally:
         node.stop()
@@ -377,9 +364,7 @@ def test_mwss_unknown_smux_version_closes_the_session(chains):
     _, b = tunnel(chains, "mwss")
     with upgraded(b, "/mwss/") as sock:
         sock.sendall(smux.encode_frame(smux.SYN, 3) + struct.pack("<BBHI", 2, smux.PSH, 0, 3))
-        start = time.monotonic()
-        read_to_eof(sock)  # the session (and its connection) end
-        assert time.monotonic() - start < 5
+        read_until_closed(sock)  # the session (and its connection) end: EOF or reset
     still_serves(chains, "mwss")
 
 
@@ -387,9 +372,7 @@ def test_mwss_unknown_smux_command_closes_the_session(chains):
     _, b = tunnel(chains, "mwss")
     with upgraded(b, "/mwss/") as sock:
         sock.sendall(struct.pack("<BBHI", 1, 9, 0, 3))
-        start = time.monotonic()
-        read_to_eof(sock)
-        assert time.monotonic() - start < 5
+        read_until_closed(sock)
     still_serves(chains, "mwss")
 
 
@@ -398,12 +381,15 @@ def test_mwss_smux_frame_longer_than_its_data_then_close(chains):
     with upgraded(b, "/mwss/") as sock:
         sock.sendall(smux.encode_frame(smux.SYN, 3) + struct.pack("<BBHI", 1, smux.PSH, 1000, 3)
                      + b"only ten b")
-        start = time.monotonic()
+        sock.settimeout(10)
         try:  # close_notify in the middle of the frame; unwrap waits for the server's answer
-            sock.unwrap()
+            raw = sock.unwrap()
+        except TimeoutError:
+            pytest.fail("no answer to our close_notify: the session was not closed")
         except (ssl.SSLError, OSError):
-            pass  # the server dropped the session without a close_notify of its own: fine
-        assert time.monotonic() - start < 5
+            pass  # the server dropped the session without a close_notify of its own: a reset
+        else:  # it answered with its own close_notify; then the TCP connection ends too
+            assert read_until_closed(raw) == b""
     still_serves(chains, "mwss")
 
 
@@ -436,7 +422,7 @@ def test_frames_mode_peer_speaks_rfc_6455(chains):
                      + wsproto.encode_frame(wsproto.OP_BINARY, b"hello ", masked=True)
                      + wsproto.encode_frame(wsproto.OP_BINARY, b"frames", masked=True)
                      + wsproto.encode_frame(wsproto.OP_BINARY, b"", masked=True))  # end of writing
-        data = read_to_eof(sock)
+        data = read_until_closed(sock)
     head, rest = wsproto.split_head(data)
     wsproto.check_response(head, key)
     frames = wsproto.FrameDecoder(from_client=False).feed(rest)
@@ -473,5 +459,5 @@ def test_silent_clients_are_closed_after_the_handshake_timeout(early_silent):
     opened, socks = early_silent
     for kind, sock in socks.items():
         sock.settimeout(max(0.1, opened + 15 - time.monotonic()))
-        assert read_to_eof(sock) == b"", kind  # closed, without an answer
+        assert read_until_closed(sock) == b"", kind  # closed, without an answer
         assert time.monotonic() - opened >= 9.5, kind

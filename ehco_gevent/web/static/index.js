@@ -174,7 +174,10 @@
         result.textContent = "reloading...";
         fetch(window.ehcoUrl("/api/v1/config/reload/"), { method: "POST", credentials: "same-origin" })
             .then(function (r) { return r.text().then(function (t) { return [r.ok, t]; }); })
-            .then(function (res) { result.textContent = (res[0] ? "" : "failed: ") + res[1]; })
+            // a partial reload answers "reload: started a; kept 1; failed: c (why)" with 400
+            .then(function (res) {
+                result.textContent = (res[0] || res[1].indexOf("reload:") === 0 ? "" : "failed: ") + res[1];
+            })
             .catch(function (e) { result.textContent = "failed: " + e; });
     });
 
