@@ -10,6 +10,11 @@ from gevent import socket
 from .config import split_host_port
 
 
+#: set in a relay worker (``--workers N``): every listener it binds shares its port with the
+#: other workers through SO_REUSEPORT, and the kernel spreads connections over them
+reuse_port = False
+
+
 class ListenError(Exception):
     """A listen address that cannot be bound; the message names the relay and the address."""
 
@@ -36,6 +41,8 @@ def bind_socket(listen: str, kind: int, what: str, backlog: int = 1024) -> socke
     try:
         if kind == _stdsocket.SOCK_STREAM:
             sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         if kind == _stdsocket.SOCK_STREAM:
             sock.listen(backlog)

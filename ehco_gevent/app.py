@@ -29,6 +29,7 @@ from .connections import ConnectionRegistry
 from .server import REPEAT_INTERVAL, RelayServer
 from .transports import UnsupportedTransport
 from .version import VERSION
+from .workers import worker_count
 
 log = logging.getLogger("ehco.app")
 
@@ -42,6 +43,7 @@ FLAG_FALLBACKS = {
     "enable_ping": "enable_ping",
     "log_level": "log_level",
     "config_reload_interval": "reload_interval",
+    "workers": "workers",
 }
 
 
@@ -186,15 +188,24 @@ class App:
         limits.set_current(cfg.limits)
         raise_fd_limit()
         log.info("Start ehco-gevent with version: %s", VERSION)
-        self.relays.start_all(cfg.relay_configs)
-        self.config = cfg
-        if not (cfg.relay_configs or cfg.web_port or cfg.sub_configs or cfg.xray_config):
-            log.warning("config %s has no relay_configs, web_port, sub_configs or xray_config: "
-                        "nothing is served until a reload adds some", self.path or "")
-        _call_all(self.services, "start")
+        workers = worker_count(cfg.workers)
+        if workers > 1:  # relays in worker processes; this one supervises (workers/)
+            from .workers.supervisor import become_supervisor
+
+            become_supervisor(self, workers)
+        # signals first: one that comes while the relays start (workers take a moment, and
+        # the first of them already serves) waits for the start instead of ending the process
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload, "SIGHUP"))
         gevent.signal_handler(signal.SIGTERM, self.stopping.set)
         gevent.signal_handler(signal.SIGINT, self.stopping.set)
+        with self._reload_lock:
+            self.relays.start_all(cfg.relay_configs)
+            self.config = cfg
+            if not (cfg.relay_configs or cfg.web_port or cfg.sub_configs or cfg.xray_config):
+                log.warning("config %s has no relay_configs, web_port, sub_configs or "
+                            "xray_config: nothing is served until a reload adds some",
+                            self.path or "")
+            _call_all(self.services, "start")
         if self.path:
             gevent.spawn(self._reload_ticker)
 

@@ -29,6 +29,18 @@ def _names(*names: str) -> list[str]:
     return out
 
 
+class WorkersType(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        from .workers import parse_workers
+
+        try:
+            return parse_workers(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def print_version(ctx: click.Context, _param, value) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -75,6 +87,9 @@ def print_version(ctx: click.Context, _param, value) -> None:
 @click.option("--ws_frames", "-ws_frames", "ws_frames", envvar="EHCO_WS_FRAMES", type=BOOL,
               is_flag=False, flag_value=True, default=False,
               help="beyond ehco 1.1.4: RFC 6455 frames on ws/wss/mwss (ehco >= 1.1.5, CDNs)")
+@click.option(*_names("workers"), "workers", envvar="EHCO_WORKERS", type=WorkersType(),
+              help="beyond ehco 1.1.4: relay processes, a number or auto (one per core); "
+                   "above 1 a supervisor serves the web and runs them  [default: 1]")
 @click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=print_version, help="print the version and build info")
 @click.pass_context

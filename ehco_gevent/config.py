@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from .limits import KEYS as LIMIT_KEYS, Limits, parse_limits
+from .workers import parse_workers
 
 RELAY_TYPES = ("raw", "ws", "wss", "mwss", "mtcp")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
@@ -24,7 +25,7 @@ RELAY_KEYS = {
 TOP_KEYS = {
     "web_host", "web_port", "web_token", "web_auth_user", "web_auth_pass", "log_level",
     "enable_ping", "reload_interval", "relay_configs", "relay_sync_url", "relay_sync_interval",
-    "sub_configs", "xray_config", "sync_traffic_endpoint", "sync_traffic_interval",
+    "sub_configs", "xray_config", "sync_traffic_endpoint", "sync_traffic_interval", "workers",
 } | LIMIT_KEYS
 
 
@@ -102,6 +103,8 @@ class Config:
     sync_traffic_interval: int = 60
     #: deadlines and caps for unauthenticated peers (ehco_gevent.limits, docs/security.md)
     limits: Limits = field(default_factory=Limits)
+    #: beyond ehco 1.1.4: relay worker processes, a number or "auto" (ehco_gevent.workers)
+    workers: int | str = 1
     #: the keys the file actually set, so command-line values can fill in the rest
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -126,6 +129,8 @@ class Config:
         if self.xray_config is not None:
             out["xray_config"] = self.xray_config
         out.update({k: v for k, v in asdict(self.limits).items() if k in self.explicit})
+        if self.workers != 1:
+            out["workers"] = self.workers
         return out
 
     def with_relays(self, relays: Iterable[RelayConfig]) -> "Config":
@@ -327,6 +332,10 @@ def _parse_config(data: dict, source: str, check: _Checker, warnings: list[str]
     if len({s.name for s in subs}) != len(subs):
         raise check.fail("", "sub_configs", "names must be unique")
     xray = check.typed(data, "xray_config", dict, "", None)
+    try:
+        workers = parse_workers(1 if data.get("workers") is None else data["workers"])
+    except ValueError as exc:
+        raise check.fail("", "workers", str(exc)) from None
     cfg = Config(
         path=source,
         web_host=check.typed(data, "web_host", str, "", "") or "0.0.0.0",
@@ -342,6 +351,7 @@ def _parse_config(data: dict, source: str, check: _Checker, warnings: list[str]
         xray_config=xray,
         sync_traffic_endpoint=check.typed(data, "sync_traffic_endpoint", str, "", ""),
         limits=parse_limits(data, lambda key, problem: check.fail("", key, problem)),
+        workers=workers,
         explicit=frozenset(k for k, v in data.items() if v is not None),
         **ints,
     )

@@ -73,6 +73,26 @@ def test_nothing_to_do_exits_2():
     assert_clean_failure(run_ehco(), 2, "-c CONFIG", "-l LISTEN")
 
 
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_bad_workers_value_exits_2(how):
+    args = ["-l", "127.0.0.1:1", "-r", "127.0.0.1:2"]
+    if how == "flag":
+        result = run_ehco(*args, "--workers", "0")
+    else:
+        result = run_ehco(*args, env={"EHCO_WORKERS": "lots"})
+    assert_clean_failure(result, 2, "workers")
+
+
+def test_workers_from_the_file_beat_the_flag(ehco, echo_server, tmp_path):
+    port = free_port()
+    cfg = write_config(tmp_path, {"workers": 2, "relay_configs": [
+        {"listen": f"127.0.0.1:{port}", "tcp_remotes": [f"127.0.0.1:{echo_server.port}"]}]})
+    proc = ehco("-c", cfg, "--workers", "1")
+    proc.wait_log("runs the relays in 2 worker processes")
+    wait_port(port)
+    assert roundtrip(port, b"two") == b"two"
+
+
 def test_listen_address_in_use_is_a_clear_error():
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

@@ -68,10 +68,23 @@ def test_relay_errors_name_relay_and_key(bad, words):
     ({"sub_configs": [{"url": "http://x"}]}, r"sub_configs[0]: name"),
     ({"sub_configs": [{"name": 3, "url": "http://x"}]}, r"sub_configs[0]: name"),
     ({"sub_configs": [{"name": "a"}]}, r"sub_configs[0]: url"),
+    ({"workers": 0}, "workers: 0 is below 1"),
+    ({"workers": "many"}, "workers: 'many' is neither"),
+    ({"workers": True}, "workers"),
+    ({"workers": 1.5}, "workers"),
 ])
 def test_top_level_errors_name_key(bad, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
         parse_config(bad)
+
+
+@pytest.mark.parametrize("value,want", [(None, 1), (1, 1), (4, 4), ("3", 3), ("auto", "auto"),
+                                        ("AUTO", "auto")])
+def test_workers_key(value, want):
+    doc = {} if value is None else {"workers": value}
+    cfg, warnings = parse_config(doc)
+    assert cfg.workers == want and warnings == []
+    assert ("workers" in cfg.to_json()) == (want != 1)
 
 
 def test_labels_must_be_unique():

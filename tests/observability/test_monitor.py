@@ -72,6 +72,7 @@ def sample_value(text: str, name: str, **labels) -> float | None:
     return found[0] if found else None
 
 
+@pytest.mark.workers
 def test_echo_through_relay_counts_exactly_and_promtool_accepts_the_scrape(node, tmp_path):
     proc, url, relay_port, echo_port = node
     payload = bytes((i * 7 + 3) % 256 for i in range(300_000))
@@ -110,6 +111,7 @@ def test_echo_through_relay_counts_exactly_and_promtool_accepts_the_scrape(node,
     assert unexpected == []
 
 
+@pytest.mark.workers
 def test_dial_failures_are_counted(ehco, tmp_path):
     web_port, relay_port, dead_port = free_port(), free_port(), free_port()
     cfg = {"web_host": LOOPBACK, "web_port": web_port, "enable_ping": False,

@@ -144,6 +144,7 @@ def test_without_url_closed_connections_are_forgotten():
     assert service.pending == {} and app.registry.drain_closed_for_sync() == []
 
 
+@pytest.mark.workers
 def test_real_ehco_posts_every_interval(ehco, tmp_path, echo_server, sync_server):
     relay_port = free_port()
     cfg = {"relay_sync_url": sync_server.url, "relay_sync_interval": 1, "enable_ping": False,

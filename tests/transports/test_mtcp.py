@@ -28,6 +28,7 @@ def test_payloads(chain, size):
     assert sha(roundtrip(chain[0], data)) == sha(data)
 
 
+@pytest.mark.workers
 def test_twenty_parallel_connections(chain):
     payloads = [os.urandom(50_000 + i) for i in range(20)]
     assert all(parallel_roundtrips(chain[0], payloads))

@@ -35,6 +35,7 @@ def test_generated_certificate_is_self_signed_rsa_2048():
     assert key.key_size == 2048 and cert.public_key().public_numbers() == key.public_key().public_numbers()
 
 
+@pytest.mark.workers
 @pytest.mark.parametrize("kind", ["wss", "mwss"])
 def test_listener_without_files_serves_a_generated_certificate(ehco, kind):
     port = free_port()

@@ -78,6 +78,8 @@ def chains(targets, tmp_path_factory):
 
     mode "cli": one pair of processes per tunnel kind, from flags, to the echo server.
     mode "config": one pair of processes for all, from config files, to every target.
+    mode "workers": as "config", to the echo server, both nodes with ``workers: 2`` (a
+    supervisor and two relay worker processes each).
     """
     tmp = tmp_path_factory.mktemp("ws-chains")
     procs, out, ports = [], {}, []
@@ -98,24 +100,27 @@ def chains(targets, tmp_path_factory):
                                   f"{scheme(kind)}://127.0.0.1:{b}", *extra], tmp))
         out[("cli", kind, frames, "echo")] = (a, b)
         ports += [a, b]
-    relays_a, relays_b = [], []
-    for kind, frames in KINDS:
-        for target, server in targets.items():
-            a, b = free_port(), free_port()
-            relays_b.append({"listen": f"127.0.0.1:{b}", "listen_type": kind, "transport_type": "raw",
-                             "tcp_remotes": [f"127.0.0.1:{server.port}"], "ws_frames": frames,
-                             "label": f"b-{kind}-{frames}-{target}"})
-            relays_a.append({"listen": f"127.0.0.1:{a}", "listen_type": "raw", "transport_type": kind,
-                             "tcp_remotes": [f"{scheme(kind)}://127.0.0.1:{b}"], "ws_frames": frames,
-                             "label": f"a-{kind}-{frames}-{target}"})
-            out[("config", kind, frames, target)] = (a, b)
-            ports += [a, b]
-    cfg_b = write_config(tmp, {"relay_configs": relays_b}, "b.json")
-    cfg_a = write_config(tmp, {"relay_configs": relays_a}, "a.json")
-    procs.append(EhcoProcess(["-c", str(cfg_b)], tmp))
-    procs.append(EhcoProcess(["-c", str(cfg_a)], tmp))
+    for mode, workers, names in (("config", 1, list(targets)), ("workers", 2, ["echo"])):
+        relays_a, relays_b = [], []
+        for kind, frames in KINDS:
+            for target in names:
+                a, b = free_port(), free_port()
+                relays_b.append({"listen": f"127.0.0.1:{b}", "listen_type": kind,
+                                 "transport_type": "raw", "ws_frames": frames,
+                                 "tcp_remotes": [f"127.0.0.1:{targets[target].port}"],
+                                 "label": f"b-{kind}-{frames}-{target}"})
+                relays_a.append({"listen": f"127.0.0.1:{a}", "listen_type": "raw",
+                                 "transport_type": kind, "ws_frames": frames,
+                                 "tcp_remotes": [f"{scheme(kind)}://127.0.0.1:{b}"],
+                                 "label": f"a-{kind}-{frames}-{target}"})
+                out[(mode, kind, frames, target)] = (a, b)
+                ports += [a, b]
+        for node, relays in (("b", relays_b), ("a", relays_a)):
+            cfg = write_config(tmp, {"workers": workers, "relay_configs": relays},
+                               f"{mode}-{node}.json")
+            procs.append(EhcoProcess(["-c", str(cfg)], tmp))
     try:
-        deadline = time.monotonic() + 90  # 14 processes start at once on a busy machine
+        deadline = time.monotonic() + 90  # 16 processes (20 with the workers) start at once
         for port in ports:
             while True:
                 dead = [p for p in procs if p.proc.poll() is not None]
@@ -135,7 +140,7 @@ def chains(targets, tmp_path_factory):
 
 
 CHAIN_PARAMS = [pytest.param((mode, k, f), id=f"{mode}-{i}")
-                for mode in ("cli", "config") for (k, f), i in zip(KINDS, IDS)]
+                for mode in ("cli", "config", "workers") for (k, f), i in zip(KINDS, IDS)]
 
 
 #: 16 MiB once per tunnel kind (the cli chains): the config chains run the same data path

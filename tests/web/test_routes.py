@@ -110,6 +110,7 @@ def test_metrics_route(web_node):
     assert {"node_cpu_seconds_total", "node_load1", "node_memory_MemTotal_bytes"} <= names
 
 
+@pytest.mark.workers
 def test_connections_active_then_closed(web_node):
     node = web_node()
     payload = bytes(range(256)) * 12  # 3072 bytes
@@ -164,6 +165,7 @@ def test_connections_active_then_closed(web_node):
     assert "No connections available." in node.get("/connections/?conn_type=active").text
 
 
+@pytest.mark.workers
 def test_connections_paging(web_node):
     node = web_node()
     for i in range(3):
@@ -196,6 +198,7 @@ def test_connections_paging(web_node):
     assert node.get("/connections/?conn_type=bogus&page=x&page_size=-1").status_code == 200
 
 
+@pytest.mark.workers
 @pytest.mark.parametrize("route", ["/api/v1/config/reload/", "/reload/"])
 def test_reload_routes(web_node, route, echo_server):
     node = web_node()
