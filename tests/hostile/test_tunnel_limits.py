@@ -126,3 +126,16 @@ def test_handshakes_in_progress_are_capped_per_listener(capped_node, label):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_limits_reach_worker_processes(tmp_path):
+    """With ``workers``, the relays run in worker processes: the config's limits go with them."""
+    node = start_node(tmp_path, {"workers": 2, "smux_handshake_timeout": 1})
+    try:
+        with attack.connect_plain(node.ports["mtcp"]) as silent:
+            assert read_until_closed(silent, 15) == b""
+        wait_for(lambda: node.log_lines("relay mtcp: ", "no stream within 1 s"),
+                 what="the worker's timeout line")
+    finally:
+        node.proc.stop()
+        node.echo.close()
