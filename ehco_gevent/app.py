@@ -1,9 +1,9 @@
 """The running process: config in, relays up, signals and reloads handled, clean exit.
 
 Command-line values and the config file meet here. With ``-c`` the file decides; for the keys
-it leaves out, a flag or ``EHCO_*`` variable that was given fills in (web_port, web_token,
-enable_ping, log_level, and ``--config_reload_interval`` for reload_interval). Without ``-c``
-the flags describe one relay, as in ehco.
+it leaves out, a flag or ``EHCO_*`` variable that was given fills in (web_host, web_port,
+web_token, enable_ping, log_level, and ``--config_reload_interval`` for reload_interval).
+Without ``-c`` the flags describe one relay, as in ehco.
 
 Reload triggers: SIGHUP, the web reload routes, and a timer every reload_interval seconds when
 a config path is set. An explicit trigger (signal, web) always re-reads the source; the timer
@@ -38,6 +38,7 @@ EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
 #: flags that fill in config keys a file leaves unset
 FLAG_FALLBACKS = {
+    "web_host": "web_host",
     "web_port": "web_port",
     "web_token": "web_token",
     "enable_ping": "enable_ping",
@@ -88,6 +89,7 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:   stop()                      at exit
 SERVICE_FACTORIES: list[str] = [
     "ehco_gevent.observability.metrics:create_service",
+    "ehco_gevent.remote_state:create_service",
     "ehco_gevent.web:create_service",
     "ehco_gevent.observability.ping:create_service",
     "ehco_gevent.observability.relay_sync:create_service",
@@ -230,15 +232,21 @@ class App:
 
 
 def raise_fd_limit() -> None:
-    """A relay holds two sockets (and two pipes when splicing) per connection: take the
-    hard limit, as the systemd unit's LimitNOFILE=65535 would."""
+    """Take the hard open-files limit as the soft one, as every Go 1.19+ program does at start
+    (so ehco users never had to raise it): an idle relayed connection holds two sockets, and
+    the usual soft default of 1024 would stop a node at ~500 clients. The limit in force is
+    logged at debug level."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = hard if hard != resource.RLIM_INFINITY else 65535
-        if soft < want:
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            want = soft
+        else:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ValueError, OSError):
-        pass
+        log.debug("open files limit: %s (was %s, hard limit %s)", want, soft,
+                  "unlimited" if hard == resource.RLIM_INFINITY else hard)
+    except (ValueError, OSError) as exc:
+        log.debug("open files limit: could not raise it: %s", exc)
 
 
 def run(opts: dict[str, Any]) -> int:

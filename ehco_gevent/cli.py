@@ -69,6 +69,8 @@ def print_version(ctx: click.Context, _param, value) -> None:
               default="raw", show_default=True, help="raw, ws, wss, mwss or mtcp")
 @click.option(*_names("c", "config"), "config", envvar="EHCO_CONFIG_FILE",
               help="config file path, or an http(s) URL that returns it")
+@click.option(*_names("web_host"), "web_host", envvar="EHCO_WEB_HOST",
+              help="address the web server listens on  [default: 0.0.0.0]")
 @click.option(*_names("web_port"), "web_port", envvar="EHCO_WEB_PORT", type=int,
               help="web server port (metrics, pages, reload); 0 = no web server  [default: 0]")
 @click.option(*_names("web_token"), "web_token", envvar="EHCO_WEB_TOKEN",

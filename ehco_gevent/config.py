@@ -9,6 +9,7 @@ such as ``tcp_remote`` silently did nothing in ehco.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
@@ -21,7 +22,12 @@ LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 
 RELAY_KEYS = {
     "listen", "listen_type", "transport_type", "tcp_remotes", "udp_remotes", "label", "ws_frames",
+    "lb_strategy", "max_fails", "fail_timeout", "dial_timeout", "health_check", "send_proxy",
+    "accept_proxy", "accept_proxy_from",
 }
+LB_STRATEGIES = ("round_robin", "random", "ip_hash", "least_conn", "failover")
+HEALTH_CHECK_KEYS = ("interval", "timeout", "rise", "fall")
+SEND_PROXY_VERSIONS = ("v1", "v2")
 TOP_KEYS = {
     "web_host", "web_port", "web_token", "web_auth_user", "web_auth_pass", "log_level",
     "enable_ping", "reload_interval", "relay_configs", "relay_sync_url", "relay_sync_interval",
@@ -63,18 +69,50 @@ class RelayConfig:
     label: str = ""
     #: beyond ehco 1.1.4: RFC 6455 binary frames on ws/wss/mwss instead of raw bytes.
     ws_frames: bool = False
+    #: beyond ehco 1.1.4 (issue 12; docs/configuration.md): balancing, failover, health checks
+    #: and the PROXY protocol. The defaults are ehco's behaviour plus passive failover.
+    lb_strategy: str = "round_robin"
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    dial_timeout: float = 13.0
+    health_check: "HealthCheck | None" = None
+    send_proxy: str = ""
+    accept_proxy: bool = False
+    accept_proxy_from: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["tcp_remotes"] = list(self.tcp_remotes)
         out["udp_remotes"] = list(self.udp_remotes)
-        if not self.ws_frames:
-            del out["ws_frames"]
+        out["accept_proxy_from"] = list(self.accept_proxy_from)
+        # keys beyond ehco appear only when set, so an ehco config reads back as it was
+        for key, default in _RELAY_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
         return out
 
     def remote_label(self, remote: str) -> str:
         """The ``remote`` label of this relay's metrics, as ehco builds it."""
         return f"{self.label}-{remote}"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """``health_check``: probe every remote each ``interval`` seconds, each probe limited to
+    ``timeout``; ``rise`` passes in a row bring a remote up, ``fall`` failures take it down
+    (haproxy's ``inter``, ``timeout check``, ``rise``, ``fall`` and their defaults)."""
+
+    interval: float = 2.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+
+_RELAY_DEFAULTS = {
+    "ws_frames": False, "lb_strategy": "round_robin", "max_fails": 1, "fail_timeout": 10.0,
+    "dial_timeout": 13.0, "health_check": None, "send_proxy": "", "accept_proxy": False,
+    "accept_proxy_from": [],
+}
 
 
 @dataclass(frozen=True)
@@ -209,7 +247,7 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
     unknown = sorted(set(data) - RELAY_KEYS)
     warnings += [unknown_key_warning(check.source, where, key, RELAY_KEYS) for key in unknown]
     try:
-        return _parse_relay(data, where, label, check)
+        return _parse_relay(data, where, label, check, warnings)
     except ConfigError as exc:
         if not unknown:
             raise
@@ -219,7 +257,8 @@ def parse_relay(data: Any, index: int, check: _Checker, warnings: list[str]) -> 
                           f"{notes} in this relay") from None
 
 
-def _parse_relay(data: dict, where: str, label: str, check: _Checker) -> RelayConfig:
+def _parse_relay(data: dict, where: str, label: str, check: _Checker,
+                 warnings: list[str]) -> RelayConfig:
     listen = check.typed(data, "listen", str, where, "")
     if not listen:
         raise check.fail(where, "listen", "must be a non-empty host:port")
@@ -252,10 +291,83 @@ def _parse_relay(data: dict, where: str, label: str, check: _Checker) -> RelayCo
     if not remotes["tcp_remotes"] and not remotes["udp_remotes"]:
         raise check.fail(where, "tcp_remotes/udp_remotes", "both are empty; give at least one remote")
     ws_frames = check.typed(data, "ws_frames", bool, where, False)
+    extra = parse_balancing(data, check, where, warnings)
+    if not remotes["tcp_remotes"]:
+        for key in ("health_check", "send_proxy", "accept_proxy"):
+            if extra.get(key):
+                warnings.append(f"config {check.source}: {where}: {key} applies to TCP and is "
+                                "ignored on a relay without tcp_remotes")
     if not label:
         label = default_label(listen, types["listen_type"], remotes["tcp_remotes"],
                               remotes["udp_remotes"], types["transport_type"])
-    return RelayConfig(listen=listen, label=label, ws_frames=ws_frames, **types, **remotes)
+    return RelayConfig(listen=listen, label=label, ws_frames=ws_frames, **types, **remotes,
+                       **extra)
+
+
+def _number(check: _Checker, data: dict, key: str, where: str, default: float,
+            integer: bool = False, minimum: float = 0.0) -> Any:
+    """A positive number (an integer where ``integer``); bools are not numbers here."""
+    value = data.get(key)
+    if value is None:
+        return default
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        want = "a whole number" if integer else "a number of seconds"
+        raise check.fail(where, key, f"expected {want}, got {json.dumps(value)[:60]}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise check.fail(where, key, f"must be a finite number, got {value}")
+    if value < minimum or (not integer and value <= 0):
+        bound = f"at least {minimum:g}" if integer else "greater than 0"
+        raise check.fail(where, key, f"must be {bound}, got {value}")
+    return value if integer else float(value)
+
+
+def parse_balancing(data: dict, check: _Checker, where: str, warnings: list[str]) -> dict:
+    """The relay keys of issue 12: lb_strategy, max_fails, fail_timeout, dial_timeout,
+    health_check, send_proxy, accept_proxy, accept_proxy_from."""
+    out: dict[str, Any] = {}
+    strategy = check.typed(data, "lb_strategy", str, where, "") or "round_robin"
+    if strategy not in LB_STRATEGIES:
+        raise check.fail(where, "lb_strategy", f"invalid value {strategy!r} (expected one of "
+                                               f"{', '.join(LB_STRATEGIES)})")
+    out["lb_strategy"] = strategy
+    out["max_fails"] = _number(check, data, "max_fails", where, 1, integer=True, minimum=1)
+    out["fail_timeout"] = _number(check, data, "fail_timeout", where, 10.0)
+    out["dial_timeout"] = _number(check, data, "dial_timeout", where, 13.0)
+    hc = data.get("health_check")
+    if hc is not None and hc is not False:
+        if hc is True:
+            hc = {}
+        if not isinstance(hc, dict):
+            raise check.fail(where, "health_check", "expected an object with interval, timeout, "
+                                                    f"rise, fall, got {json.dumps(hc)[:60]}")
+        hwhere = f"{where}: health_check"
+        warnings += [unknown_key_warning(check.source, hwhere, key, HEALTH_CHECK_KEYS)
+                     for key in sorted(set(hc) - set(HEALTH_CHECK_KEYS))]
+        defaults = HealthCheck()
+        out["health_check"] = HealthCheck(
+            interval=_number(check, hc, "interval", hwhere, defaults.interval),
+            timeout=_number(check, hc, "timeout", hwhere, defaults.timeout),
+            rise=_number(check, hc, "rise", hwhere, defaults.rise, integer=True, minimum=1),
+            fall=_number(check, hc, "fall", hwhere, defaults.fall, integer=True, minimum=1))
+    send = check.typed(data, "send_proxy", str, where, "")
+    if send and send not in SEND_PROXY_VERSIONS:
+        raise check.fail(where, "send_proxy", f"invalid value {send!r} (expected v1 or v2)")
+    out["send_proxy"] = send
+    out["accept_proxy"] = check.typed(data, "accept_proxy", bool, where, False)
+    cidrs = check.typed(data, "accept_proxy_from", list, where, [])
+    for i, item in enumerate(cidrs):
+        try:
+            if not isinstance(item, str):
+                raise ValueError("expected a CIDR string such as 10.0.0.0/8")
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise check.fail(where, f"accept_proxy_from[{i}]", str(exc)) from None
+    out["accept_proxy_from"] = tuple(cidrs)
+    if cidrs and not out["accept_proxy"]:
+        warnings.append(f"config {check.source}: {where}: accept_proxy_from is ignored without "
+                        "accept_proxy: true")
+    return out
 
 
 def scheme_hint(remote: str, key: str, transport_type: str) -> str:

@@ -5,6 +5,14 @@ backs off on EMFILE instead of spinning); each accepted socket gets a greenlet t
 inbound transport unwrap it into streams, picks a remote per stream, dials it and pumps. UDP
 lives in :mod:`ehco_gevent.udp`.
 
+The dial step (issue 12) asks the relay's :class:`~ehco_gevent.balancer.Balancer` for the
+remotes in the order to try them and dials them in turn within one deadline (``dial_timeout``,
+split evenly over the attempts left, so a remote that accepts and never answers cannot eat it
+all); the client sees a reset only when every remote failed. A relay with one remote dials it
+exactly as ehco did, under the transport's own timeouts. With ``accept_proxy`` each stream
+starts with a PROXY header whose address becomes the client address; with ``send_proxy`` each
+upstream stream starts with one.
+
 Stopping a relay closes its listeners; connections already open keep running until they end,
 so a reload that changes one relay does not cut the traffic it is carrying. ``drop_connections``
 is there for the moments that must cut (process exit, a user removed at the panel).
@@ -13,6 +21,7 @@ is there for the moments that must cut (process exit, a user removed at the pane
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket as _stdsocket
 import time
@@ -22,17 +31,36 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from .addresses import bind_socket, format_addr
-from .balancer import RoundRobin
+from .balancer import Balancer
 from .config import RelayConfig
 from .connections import ConnectionRegistry
+from .health import HealthChecker
+from .logs import RateLimitedLogger
 from .pump import pump
 from .transports import make_dialer, make_inbound
+from .transports import proxy_protocol
+from .transports.streams import SocketStream
 from .udp import UDPRelay
 
 log = logging.getLogger("ehco.relay")
+#: refusals a peer can repeat at will (PROXY headers): one line per relay and cause per 10 s
+limited = RateLimitedLogger(log)
 
 _TRANSIENT_ACCEPT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: the deadline for a PROXY header to arrive on an ``accept_proxy`` listener
+PROXY_HEADER_TIMEOUT = 5.0
+
+
+def in_networks(host: str, networks) -> bool:
+    """Whether an address (IPv4-mapped IPv6 counts as its IPv4) lies in one of ``networks``."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
 
 
 class _Server(StreamServer):
@@ -78,8 +106,14 @@ class Relay:
         self.udp: UDPRelay | None = None
         self.inbound = None
         self.dialer = None
-        self.tcp_lb = RoundRobin(cfg.tcp_remotes) if cfg.tcp_remotes else None
+        self.tcp_lb = Balancer(cfg.label, cfg.tcp_remotes, cfg.lb_strategy, cfg.max_fails,
+                               cfg.fail_timeout) if cfg.tcp_remotes else None
+        self.health: HealthChecker | None = None
         self.started_at = 0.0
+        #: accept_proxy_from as networks; None = every source may send a header
+        self.proxy_from = ([ipaddress.ip_network(c, strict=False) for c in cfg.accept_proxy_from]
+                           if cfg.accept_proxy and cfg.accept_proxy_from else None)
+        self.send_proxy = {"v1": 1, "v2": 2}.get(cfg.send_proxy, 0)
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -105,8 +139,13 @@ class Relay:
             log.info("relay %s: tcp listening on %s (%s) -> %s via %s", self.label,
                      self.cfg.listen, self.cfg.listen_type, ", ".join(self.cfg.tcp_remotes),
                      self.cfg.transport_type)
+            if self.cfg.health_check is not None:
+                self.health = HealthChecker(self.tcp_lb, self.dialer, self.cfg.health_check)
+                self.health.start()
         if udp_sock is not None:
             self.udp = UDPRelay(self.cfg, udp_sock, self.registry)
+            if self.tcp_lb is not None and self.cfg.transport_type == "raw":
+                self.udp.lb.follow_checks(self.tcp_lb)
             self.udp.start()
             log.info("relay %s: udp listening on %s -> %s", self.label, self.cfg.listen,
                      ", ".join(self.cfg.udp_remotes))
@@ -114,6 +153,8 @@ class Relay:
 
     def stop(self) -> None:
         """Close the listeners; open connections go on until they finish."""
+        if self.health is not None:
+            self.health.stop()
         if self.tcp_server is not None:
             self.tcp_server.close()
         if self.udp is not None:
@@ -143,34 +184,141 @@ class Relay:
     # -- per connection ---------------------------------------------------------------------
     def _handle_tcp(self, sock, address) -> None:
         client = format_addr(address)
+        if self.proxy_from is not None and not in_networks(address[0], self.proxy_from):
+            limited.warning((self.label, "accept_proxy_from"), "relay %s: closed connection from "
+                            "%s: not in accept_proxy_from", self.label, client)
+            sock.close()
+            return
+        outer = None
+        if self.cfg.accept_proxy and self.cfg.listen_type != "raw":
+            outer = self._outer_header(sock, client)
+            if outer is False:
+                sock.close()
+                return
         try:
-            self.inbound.serve(sock, client, lambda stream: self._relay_stream(stream, client))
+            self.inbound.serve(sock, client, lambda stream: self._relay_stream(
+                stream, client, address, sock, outer))
         except Exception as exc:  # a bad handshake ends this connection only
             log.debug("relay %s: inbound %s from %s failed: %s", self.label,
                       self.cfg.listen_type, client, exc)
         finally:
             sock.close()
 
-    def _relay_stream(self, stream, client: str) -> None:
-        remote = self.tcp_lb.next()
-        started = time.monotonic()
-        try:
-            upstream = self.dialer.dial(remote)
-        except Exception as exc:
+    def _relay_stream(self, stream, client: str, peer=None, sock=None, outer=None) -> None:
+        src = dst = None
+        if self.cfg.accept_proxy:
+            header = outer or self._accept_header(stream, client)
+            if header is None:
+                stream.close()
+                return
+            if header.src is not None:
+                src, dst = header.src, header.dst
+                client = format_addr(src)
+        dialed = self._dial(client, src[0] if src else (peer[0] if peer else ""))
+        if dialed is None:
             stream.close()
-            self.registry.dial_failed(self.cfg.remote_label(remote))
-            log.warning("relay %s: dial %s for %s failed: %s", self.label, remote, client,
-                        exc or type(exc).__name__)
             return
-        dial_ms = (time.monotonic() - started) * 1000
+        upstream, state, dial_ms = dialed
+        remote = state.address
+        if self.send_proxy and not self._send_header(upstream, stream, src or peer, dst, sock,
+                                                     client, remote):
+            return
         conn = self.registry.open(self.label, "tcp", client, remote, self.cfg.remote_label(remote),
                                   dial_ms)
         current = gevent.getcurrent()
         conn.closer = lambda: current.kill(block=False)
         log.debug("relay %s: %s -> %s connected in %.1f ms", self.label, client, remote, dial_ms)
+        lb = self.tcp_lb
+        lb.opened(state)
         try:
             pump(stream, upstream, conn.add_up, conn.add_down)
         finally:
+            lb.closed(state)
             self.registry.close(conn)
             log.debug("relay %s: %s -> %s closed, up %d down %d bytes", self.label, client,
                       remote, conn.up_bytes, conn.down_bytes)
+
+    def _dial(self, client: str, client_host: str):
+        """Dial the balancer's candidates in turn: ``(upstream, state, dial_ms)``, or None when
+        every one failed (each failure is counted against its remote)."""
+        lb = self.tcp_lb
+        candidates = lb.candidates(client_host)
+        deadline = time.monotonic() + self.cfg.dial_timeout if len(candidates) > 1 else None
+        last = ""
+        for i, state in enumerate(candidates):
+            started = time.monotonic()
+            try:
+                if deadline is None:  # one remote: ehco's dial under the transport's timeouts
+                    upstream = self.dialer.dial(state.address)
+                else:
+                    budget = (deadline - started) / (len(candidates) - i)
+                    if budget <= 0:
+                        break
+                    with gevent.Timeout(budget, TimeoutError(f"no answer within {budget:.2f} s")):
+                        upstream = self.dialer.dial(state.address)
+            except Exception as exc:
+                last = str(exc) or type(exc).__name__
+                lb.failed(state, last)
+                self.registry.dial_failed(self.cfg.remote_label(state.address))
+                if i + 1 < len(candidates):
+                    log.info("relay %s: dial %s for %s failed: %s; trying the next remote",
+                             self.label, state.address, client, last)
+                continue
+            dial_ms = (time.monotonic() - started) * 1000
+            lb.succeeded(state, dial_ms)
+            return upstream, state, dial_ms
+        if len(candidates) == 1:
+            log.warning("relay %s: dial %s for %s failed: %s", self.label, candidates[0].address,
+                        client, last)
+        else:
+            log.warning("relay %s: no remote answered for %s within %g s (last error: %s)",
+                        self.label, client, self.cfg.dial_timeout, last)
+        return None
+
+    def _accept_header(self, stream, client: str):
+        """The PROXY header at the start of ``stream``, or None (logged) when there is none."""
+        try:
+            return proxy_protocol.receive(stream, PROXY_HEADER_TIMEOUT)
+        except proxy_protocol.EmptyConnection:
+            log.debug("relay %s: %s closed before sending a PROXY header", self.label, client)
+        except proxy_protocol.ProxyProtocolError as exc:
+            limited.warning((self.label, "PROXY header", proxy_protocol.cause(exc)),
+                            "relay %s: closed connection from %s: bad PROXY header: %s",
+                            self.label, client, exc)
+        except OSError as exc:
+            log.debug("relay %s: reading the PROXY header from %s failed: %s", self.label,
+                      client, exc)
+        return None
+
+    def _outer_header(self, sock, client: str):
+        """A tunnel listener may also sit behind a balancer that puts the header in front of
+        the TCP connection (haproxy ``send-proxy``, a cloud NLB): a TLS ClientHello, an HTTP
+        request or an smux frame never starts like a PROXY header, so a peek decides. The
+        header, None when the connection does not start with one (each stream then must), or
+        False (logged) when it starts like one and is bad."""
+        try:
+            with gevent.Timeout(PROXY_HEADER_TIMEOUT, TimeoutError("nothing sent")):
+                first = sock.recv(16, _stdsocket.MSG_PEEK)
+            if not first:
+                return False
+            proxy_protocol.missing(first)
+        except proxy_protocol.ProxyProtocolError:
+            return None
+        except (OSError, TimeoutError) as exc:
+            log.debug("relay %s: %s sent nothing to read: %s", self.label, client, exc)
+            return False
+        return self._accept_header(SocketStream(sock), client) or False
+
+    def _send_header(self, upstream, stream, src, dst, sock, client: str, remote: str) -> bool:
+        """Write the PROXY header as the upstream's first bytes; False (both closed) on error."""
+        try:
+            if dst is None and sock is not None:
+                dst = sock.getsockname()
+            upstream.sendall(proxy_protocol.encode(self.send_proxy, src, dst))
+            return True
+        except OSError as exc:
+            log.debug("relay %s: sending the PROXY header for %s to %s failed: %s", self.label,
+                      client, remote, exc)
+            upstream.close()
+            stream.close()
+            return False

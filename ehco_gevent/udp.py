@@ -1,9 +1,16 @@
 """UDP relaying, as ehco 1.1.4: one session per client address, datagram boundaries kept.
 
 The listener greenlet reads datagrams and hands each to its client's session; the first
-datagram from an address picks a remote (round robin) and opens a connected upstream socket
-whose replies a session greenlet sends back to that client. A session ends after
-:data:`IDLE_TIMEOUT` seconds with no datagram in either direction.
+datagram from an address picks a remote and opens a connected upstream socket whose replies a
+session greenlet sends back to that client. A session ends after :data:`IDLE_TIMEOUT` seconds
+with no datagram in either direction.
+
+Sessions follow the relay's ``lb_strategy`` and remote health (issue 12): the pick is the
+balancer's first candidate for the client's host; an ICMP port-unreachable from the remote
+counts as a failed dial against it, and (with several remotes) ends the session so that the
+client's next datagram opens one on another remote; the first reply clears the remote's
+failures. With a raw transport, a UDP remote that is also a TCP remote follows that remote's
+active health checks.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import gevent
 from gevent import socket
 
 from .addresses import format_addr
-from .balancer import RoundRobin
+from .balancer import Balancer
 from .config import RelayConfig, split_host_port
 from .connections import Connection, ConnectionRegistry
 
@@ -28,12 +35,15 @@ MAX_DATAGRAM = 65535
 
 
 class _Session:
-    def __init__(self, relay: "UDPRelay", client, upstream: socket.socket, conn: Connection):
+    def __init__(self, relay: "UDPRelay", client, upstream: socket.socket, conn: Connection,
+                 state=None):
         self.relay = relay
         self.client = client
         self.upstream = upstream
         self.conn = conn
-        self.last_active = time.monotonic()
+        self.state = state
+        self.answered = False
+        self.opened = self.last_active = time.monotonic()
         self.greenlet = gevent.spawn(self._replies)
 
     def send_up(self, data: bytes) -> None:
@@ -57,7 +67,15 @@ class _Session:
                 except socket.timeout:
                     continue
                 except ConnectionRefusedError:
+                    lb = self.relay.lb
+                    lb.failed(self.state, "ICMP port unreachable")
+                    if len(lb.states) > 1:
+                        return  # the client's next datagram opens a session on another remote
                     continue  # the remote port is closed for now; keep the session until idle
+                if not self.answered:
+                    self.answered = True
+                    # the first answer's round trip stands for UDP's dial time
+                    self.relay.lb.succeeded(self.state, (time.monotonic() - self.opened) * 1000)
                 self.last_active = time.monotonic()
                 self.relay.sock.sendto(data, self.client)
                 self.conn.add_down(len(data))
@@ -79,7 +97,8 @@ class UDPRelay:
         self.sock = sock
         self.registry = registry
         self.idle_timeout = idle_timeout
-        self.lb = RoundRobin(cfg.udp_remotes)
+        self.lb = Balancer(cfg.label, cfg.udp_remotes, cfg.lb_strategy, cfg.max_fails,
+                           cfg.fail_timeout, kind="udp")
         self.sessions: dict = {}
         self._loop: gevent.Greenlet | None = None
 
@@ -103,19 +122,29 @@ class UDPRelay:
             session.send_up(data)
 
     def _open_session(self, client) -> _Session | None:
-        remote = self.lb.next()
-        host, port = split_host_port(remote)
-        try:
-            family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0, _stdsocket.SOCK_DGRAM)[0]
-            upstream = socket.socket(family, kind, proto)
-            upstream.connect(addr)
-        except OSError as exc:
-            log.warning("relay %s: udp remote %s for %s unusable: %s", self.label, remote,
-                        format_addr(client), exc)
+        upstream = None
+        for state in self.lb.candidates(client[0]):
+            remote = state.address
+            host, port = split_host_port(remote)
+            try:
+                family, kind, proto, _, addr = socket.getaddrinfo(host, port, 0,
+                                                                  _stdsocket.SOCK_DGRAM)[0]
+                upstream = socket.socket(family, kind, proto)
+                upstream.connect(addr)
+                break
+            except OSError as exc:
+                if upstream is not None:
+                    upstream.close()
+                    upstream = None
+                self.lb.failed(state, str(exc))
+                log.warning("relay %s: udp remote %s for %s unusable: %s", self.label, remote,
+                            format_addr(client), exc)
+        if upstream is None:
             return None
         conn = self.registry.open(self.label, "udp", format_addr(client), remote,
                                   self.cfg.remote_label(remote))
-        session = _Session(self, client, upstream, conn)
+        session = _Session(self, client, upstream, conn, state)
+        self.lb.opened(state)
         conn.closer = session.close
         self.sessions[client] = session
         log.debug("relay %s: udp session %s -> %s", self.label, conn.client_addr, remote)
@@ -125,6 +154,7 @@ class UDPRelay:
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
         session.upstream.close()
+        self.lb.closed(session.state)
         self.registry.close(session.conn)
         log.debug("relay %s: udp session %s -> %s closed, up %d down %d bytes", self.label,
                   session.conn.client_addr, session.conn.remote, session.conn.up_bytes,

@@ -146,15 +146,18 @@ class EhcoProcess(LoggedProcess):
     """A real ehco process (``python -m ehco_gevent``, the console script's entry point)."""
 
     def __init__(self, args: list[str], tmp_path: Path, env: dict | None = None,
-                 nofile: int | None = None):
+                 nofile: int | tuple[int, int] | None = None):
+        """``nofile``: the child's open-files limit, one number for soft = hard (a cap it
+        cannot raise), or ``(soft, hard)``."""
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
         full_env.update(env or {})
+        limits = (nofile, nofile) if isinstance(nofile, int) else nofile
 
-        def limit_fds():  # runs in the child: a hard cap the process cannot raise
+        def limit_fds():  # runs in the child
             import resource
 
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
         super().__init__([sys.executable, "-m", "ehco_gevent", *args],
                          tmp_path / f"ehco-{time.monotonic_ns()}.log",
@@ -169,13 +172,14 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "config.json") -> Path:
 
 
 class EchoServer:
-    """Threaded TCP echo server; optionally greets first (a server-first protocol)."""
+    """Threaded TCP echo server; optionally greets first (a server-first protocol). ``port``
+    brings a stopped server back on its old port."""
 
-    def __init__(self, greeting: bytes = b"", host: str = LOOPBACK):
+    def __init__(self, greeting: bytes = b"", host: str = LOOPBACK, port: int = 0):
         self.greeting = greeting
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0

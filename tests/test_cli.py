@@ -178,8 +178,9 @@ def test_flags_fill_in_what_the_file_leaves_out(tmp_path, ehco, echo_server):
 
 @pytest.mark.parametrize("style", ["flags", "env"])
 def test_every_option_takes_effect(ehco, echo_server, udp_echo_server, style):
-    """-l -r -ur --web_port --web_token --enable_ping --log_level, or their EHCO_* variables:
-    each one visibly changes what the process does."""
+    """-l -r -ur --web_port --web_host --web_token --enable_ping --log_level, or their EHCO_*
+    variables: each one visibly changes what the process does (the web server stays on
+    loopback; test_service.py checks where --web_host puts it)."""
     import requests
 
     from ehco_gevent.observability.metrics import parse_samples
@@ -191,10 +192,11 @@ def test_every_option_takes_effect(ehco, echo_server, udp_echo_server, style):
     udp_remote = f"127.0.0.1:{udp_echo_server.port}"
     if style == "flags":
         proc = ehco("-l", listen, "-r", remote, "-ur", udp_remote, "--web_port", web,
-                    "--web_token", "tok", "--enable_ping", "false", "--log_level", "debug")
+                    "--web_host", "127.0.0.1", "--web_token", "tok", "--enable_ping", "false", "--log_level", "debug")
     else:
         proc = ehco(env={"EHCO_LOCAL_ADDR": listen, "EHCO_REMOTE_ADDR": remote,
                          "EHCO_UDP_REMOTE_ADDR": udp_remote, "EHCO_WEB_PORT": str(web),
+                         "EHCO_WEB_HOST": "127.0.0.1",
                          "EHCO_WEB_TOKEN": "tok", "EHCO_ENABLE_PING": "false",
                          "EHCO_LOG_LEVEL": "debug"})
     wait_port(port)

@@ -25,6 +25,41 @@ def test_defaults():
     assert r.remote_label("127.0.0.1:5201") == "a-127.0.0.1:5201"
 
 
+def test_balancing_and_proxy_keys_defaults_and_values():
+    r = parse_config({"relay_configs": [relay()]})[0].relay_configs[0]
+    assert (r.lb_strategy, r.max_fails, r.fail_timeout, r.dial_timeout, r.health_check,
+            r.send_proxy, r.accept_proxy, r.accept_proxy_from) == (
+        "round_robin", 1, 10.0, 13.0, None, "", False, ())
+    cfg, warnings = parse_config({"relay_configs": [relay(
+        lb_strategy="ip_hash", max_fails=3, fail_timeout=2.5, dial_timeout=4,
+        health_check={"interval": 1, "rise": 3, "bogus": 1}, send_proxy="v2",
+        accept_proxy=True, accept_proxy_from=["10.0.0.0/8", "::1/128"])]}, "c.json")
+    r = cfg.relay_configs[0]
+    assert (r.lb_strategy, r.max_fails, r.fail_timeout, r.dial_timeout) == ("ip_hash", 3, 2.5, 4.0)
+    hc = r.health_check
+    assert (hc.interval, hc.timeout, hc.rise, hc.fall) == (1.0, 2.0, 3, 3)
+    assert r.accept_proxy_from == ("10.0.0.0/8", "::1/128")
+    assert warnings == ["config c.json: relay_configs[0]: health_check: unknown key 'bogus' ignored"]
+    assert parse_config({"relay_configs": [relay(health_check=True)]})[0].relay_configs[0] \
+        .health_check.fall == 3
+    _, warnings = parse_config({"relay_configs": [relay(accept_proxy_from=["10.0.0.0/8"])]}, "c")
+    assert warnings == ["config c: relay_configs[0]: accept_proxy_from is ignored without "
+                        "accept_proxy: true"]
+    _, warnings = parse_config({"relay_configs": [relay(tcp_remotes=[], udp_remotes=["h:1"],
+                                                        send_proxy="v1")]}, "c")
+    assert warnings == ["config c: relay_configs[0]: send_proxy applies to TCP and is ignored "
+                        "on a relay without tcp_remotes"]
+
+
+def test_an_ehco_relay_reads_back_without_new_keys():
+    """/api/v1/config/ of an ehco 1.1.4 config shows the keys it had, nothing added."""
+    doc = relay(label="a", listen_type="raw", transport_type="ws", udp_remotes=[],
+                tcp_remotes=["ws://1.1.1.1:1", "ws://2.2.2.2:2"])
+    assert parse_config({"relay_configs": [doc]})[0].relay_configs[0].to_json() == doc
+    changed = parse_config({"relay_configs": [{**doc, "lb_strategy": "failover"}]})[0]
+    assert changed.relay_configs[0].to_json()["lb_strategy"] == "failover"
+
+
 def test_default_label_is_ehco_format():
     cfg, _ = parse_config({"relay_configs": [relay(tcp_remotes=["1.1.1.1:1", "2.2.2.2:2"],
                                                    transport_type="ws")]})
@@ -43,6 +78,20 @@ def test_default_label_is_ehco_format():
     (relay(tcp_remotes="1.1.1.1:1"), ["tcp_remotes", "expected a list"]),
     (relay(udp_remotes=["1.1.1.1"]), ["udp_remotes[0]"]),
     (relay(listen="127.0.0.1:99999"), ["listen", "port"]),
+    (relay(lb_strategy="fastest", label="x"), ["(label 'x')", "lb_strategy", "fastest"]),
+    (relay(max_fails=0), ["max_fails", "at least 1"]),
+    (relay(max_fails=1.5), ["max_fails", "whole number"]),
+    (relay(fail_timeout=-1), ["fail_timeout", "greater than 0"]),
+    (relay(dial_timeout="3s"), ["dial_timeout", "number of seconds"]),
+    (relay(fail_timeout=float("nan")), ["fail_timeout", "finite"]),
+    (relay(health_check=[1]), ["health_check", "expected an object"]),
+    (relay(health_check={"interval": 0}), ["health_check: interval", "greater than 0"]),
+    (relay(health_check={"fall": True}), ["health_check: fall", "whole number"]),
+    (relay(send_proxy="v3"), ["send_proxy", "v1 or v2"]),
+    (relay(send_proxy=2), ["send_proxy", "expected a string"]),
+    (relay(accept_proxy="yes"), ["accept_proxy", "true or false"]),
+    (relay(accept_proxy=True, accept_proxy_from=["10.0.0.0/33"]), ["accept_proxy_from[0]"]),
+    (relay(accept_proxy=True, accept_proxy_from=[10]), ["accept_proxy_from[0]", "CIDR"]),
 ])
 def test_relay_errors_name_relay_and_key(bad, words):
     with pytest.raises(ConfigError) as info:
@@ -181,6 +230,14 @@ relay_like = st.fixed_dictionaries({}, optional={
     "tcp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "ws://h:2", ""]), max_size=3) | json_values,
     "udp_remotes": st.lists(st.sampled_from(["1.1.1.1:1", "h"]), max_size=2) | json_values,
     "label": st.sampled_from(["a", "b", ""]) | json_values,
+    "lb_strategy": st.sampled_from(["ip_hash", "failover", "x"]) | json_values,
+    "max_fails": json_values, "fail_timeout": json_values, "dial_timeout": json_values,
+    "health_check": st.dictionaries(st.sampled_from(["interval", "timeout", "rise", "fall", "x"]),
+                                    json_values, max_size=3) | json_values,
+    "send_proxy": st.sampled_from(["v1", "v2", "v3"]) | json_values,
+    "accept_proxy": json_values,
+    "accept_proxy_from": st.lists(st.sampled_from(["10.0.0.0/8", "::1", "bad/99"]),
+                                  max_size=2) | json_values,
 })
 
 

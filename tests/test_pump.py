@@ -22,10 +22,12 @@ from .support import gevent_tcp_pair as tcp_pair
 
 def open_fds():
     """Sockets and pipes this process holds, as (fd, inode) pairs; the hub's own eventfd and
-    epoll fds don't count, and other tests' leftovers closing meanwhile don't matter: callers
-    check that nothing *new* is open (``open_fds() <= before``)."""
+    epoll fds don't count, nor the empty pipes kept in the pump's pool for the next connection,
+    and other tests' leftovers closing meanwhile don't matter: callers check that nothing *new*
+    is open (``open_fds() <= before``)."""
     found = set()
-    for fd in os.listdir("/proc/self/fd"):
+    spare = {str(fd) for fd in pump_mod.pipes.fds()}
+    for fd in set(os.listdir("/proc/self/fd")) - spare:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
@@ -149,3 +151,94 @@ def test_killing_the_pump_closes_everything(path):
     client.close()
     far.close()
     assert open_fds() <= before
+
+
+def test_idle_connection_holds_no_pipe_or_buffer(path):
+    """Between bursts a connection holds its two sockets only: the pipe (splice) or the read
+    buffer (copy) went back to the pool, empty."""
+    before = open_fds()
+    client, far, g, up, down = start_pump()
+    client.sendall(b"burst")
+    assert far.recv(5) == b"burst"
+    far.sendall(b"reply")
+    assert client.recv(5) == b"reply"
+    gevent.sleep(0.05)
+    in_use = {target for fd, target in open_fds() - before if target.startswith("pipe:")}
+    assert not in_use  # spare pipes in the pool are not counted by open_fds
+    # the buffers and pipes are back for the next burst: the pump still works
+    client.sendall(b"again")
+    assert far.recv(5) == b"again"
+    g.kill(timeout=5)
+
+
+class EndlessSource:
+    """A stream that always has data, up to ``total`` bytes (a source the kernel never makes
+    wait, as a fast peer can be)."""
+
+    def __init__(self, total):
+        self.left = total
+
+    def recv_into(self, buf):
+        n = min(len(buf), self.left)
+        self.left -= n
+        return n
+
+
+class Sink:
+    """A stream that takes everything at once, noting how far a ticker greenlet got."""
+
+    def __init__(self, ticker):
+        self.ticker = ticker
+        self.ticks_seen = []
+
+    def sendall(self, data):
+        self.ticks_seen.append(self.ticker.ticks)
+
+
+class Ticker:
+    def __init__(self):
+        self.ticks = 0
+        self.glet = gevent.spawn(self.run)
+
+    def run(self):
+        while True:
+            self.ticks += 1
+            gevent.sleep(0)
+
+
+def test_copy_loop_yields_to_others_while_data_keeps_coming():
+    ticker = Ticker()
+    sink = Sink(ticker)
+    total = 8 * pump_mod.FAIR_SHARE
+    counted = Counter()
+    pump_mod.copy_loop(EndlessSource(total), sink, counted)
+    ticker.glet.kill()
+    assert counted.n == total
+    assert sink.ticks_seen[-1] >= 4  # the other greenlet ran during the copy, several times
+
+
+def test_splice_loop_yields_to_others_while_data_keeps_coming(monkeypatch):
+    if not pump_mod.HAVE_SPLICE:
+        pytest.skip("no os.splice on this platform")
+    monkeypatch.setattr(pump_mod, "FAIR_SHARE", 16 * 1024)
+    monkeypatch.setattr(pump_mod, "PIPE_SIZE", 64 * 1024)  # 512 KiB come in several fills
+    monkeypatch.setattr(pump_mod, "pipes", pump_mod.PipePool())
+    client, a = tcp_pair()
+    b, far = tcp_pair()
+    data = os.urandom(512 * 1024)
+    for s in (client, a, b, far):  # room for all of it in the kernel: no EAGAIN either way
+        s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4 << 20)
+        s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4 << 20)
+    client.sendall(data)
+    client.shutdown(stdsocket.SHUT_WR)
+    ticker = Ticker()
+    counts = []
+    pump_mod.splice_loop(a, b, lambda n: counts.append(ticker.ticks))
+    ticker.glet.kill()
+    assert sum(1 for _ in counts) >= 1
+    pump_mod.pipes.clear()
+    assert counts[-1] >= 2  # the ticker ran between chunks, before the source ran dry
+    b.shutdown(stdsocket.SHUT_WR)
+    assert read_all(far) == data
+    for s in (client, a, b, far):
+        s.close()

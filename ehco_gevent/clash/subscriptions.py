@@ -157,19 +157,19 @@ class SubscriptionService:
     def blueprint(self):
         from flask import Blueprint, Response, request
 
+        from ..web.errors import echo_error
+
         bp = Blueprint("clash", __name__)
 
         @bp.get("/clash_proxy_provider/")
         def clash_proxy_provider():
             name = request.args.get("sub_name", "")
             grouped = request.args.get("grouped", "false").lower() in ("true", "1", "yes")
-            if not name:
-                return Response("missing sub_name: give ?sub_name=NAME (one of the sub_configs "
-                                "names)\n", 400, mimetype="text/plain")
+            if not name:  # Go ehco's answers, word for word: text here, JSON below
+                return Response("sub_name is empty", 400, mimetype="text/plain")
             names = [s.name for s in self.app.config.sub_configs] if self.app.config else []
             if name not in names:
-                return Response(f"unknown sub_name {name!r}: the sub_configs are "
-                                f"{', '.join(names) or '(none)'}\n", 400, mimetype="text/plain")
+                return echo_error(400, f"sub_name={name} not found", sub_names=names)
             body, error = self.provider(name, grouped, request_host(request.host_url))
             headers = {"X-Ehco-Subscription-Error": one_line(error)[:500]} if error else {}
             return Response(body, 200, mimetype="text/yaml", headers=headers)

@@ -18,7 +18,9 @@ from gevent.server import StreamServer
 
 from ..addresses import ListenError, bind_socket, format_addr
 from ..config import Config, ConfigError
-from ..relay import _Server
+from ..relay import PROXY_HEADER_TIMEOUT, _Server, limited
+from ..transports import proxy_protocol
+from ..transports.streams import SocketStream
 from .common import Context
 from .users import STORE, UserStore
 from .xray_config import Inbound, XrayConfig, parse_xray_config
@@ -99,11 +101,30 @@ class InboundServer:
     def _handle(self, sock, address) -> None:
         client = format_addr(address)
         try:
+            if self.inbound.accept_proxy:
+                header = self._accept_header(sock, client)
+                if header is None:
+                    return
+                if header.src is not None:
+                    client = format_addr(header.src)
             self._handler(self.ctx, sock, client)
         except Exception as exc:  # one bad client ends its own connection only
             log.debug("proxy %s: %s: %s: %s", self.ctx.name, client, type(exc).__name__, exc)
         finally:
             sock.close()
+
+    def _accept_header(self, sock, client: str):
+        """acceptProxyProtocol: the header before the protocol's first byte, or None (logged,
+        the connection closed) when there is none; the payload after it stays unread."""
+        try:
+            return proxy_protocol.receive(SocketStream(sock), PROXY_HEADER_TIMEOUT)
+        except proxy_protocol.EmptyConnection:
+            log.debug("proxy %s: %s closed before sending a PROXY header", self.ctx.name, client)
+        except proxy_protocol.ProxyProtocolError as exc:
+            limited.warning((self.ctx.name, "PROXY header", proxy_protocol.cause(exc)),
+                            "proxy %s: closed connection from %s: bad PROXY header: %s",
+                            self.ctx.name, client, exc)
+        return None
 
     def update(self, inbound: Inbound) -> None:
         """Same protocol and address: new settings apply to new connections."""

@@ -59,6 +59,9 @@ class Inbound:
     alpn: tuple[str, ...] = ()
     #: socks/http accounts (user, pass); socks ``auth: password`` requires them
     accounts: tuple[tuple[str, str], ...] = ()
+    #: Xray's ``streamSettings.sockopt.acceptProxyProtocol``: every connection starts with a
+    #: PROXY header (v1 or v2) naming the client (a relay with ``send_proxy`` in front)
+    accept_proxy: bool = False
 
     @property
     def where(self) -> str:
@@ -250,7 +253,12 @@ def parse_inbound(data: Any, index: int) -> Inbound | dict | None:
     listen = _get(data, "listen", str, place, "") or "0.0.0.0"
     port = parse_port(data.get("port"), place)
     settings = _get(data, "settings", dict, place, {})
-    common = dict(index=index, protocol=protocol, tag=tag, listen=listen, port=port)
+    stream = _get(data, "streamSettings", dict, place, {})
+    sockopt = _get(stream, "sockopt", dict, place + ": streamSettings", {})
+    accept_proxy = _get(sockopt, "acceptProxyProtocol", bool, place + ": streamSettings.sockopt",
+                        False)
+    common = dict(index=index, protocol=protocol, tag=tag, listen=listen, port=port,
+                  accept_proxy=accept_proxy)
     if protocol == "shadowsocks":
         tcp, udp = parse_network(settings, place, "tcp")
         return Inbound(tcp=tcp, udp=udp, clients=parse_clients(settings, place, protocol), **common)

@@ -47,6 +47,7 @@ from .. import limits as _limits
 from ..fairness import Budget
 from .peer_limits import OverBudget, SessionGuard
 from .sniff import mismatch_log
+from .streams import buffers
 
 log = logging.getLogger("ehco.smux")
 
@@ -60,9 +61,6 @@ MAX_BUFFER = 4 * 1024 * 1024
 MAX_STREAMS = _limits.Limits.smux_max_streams
 STALL_TIMEOUT = 30.0
 READ_CHUNK = 256 * 1024
-#: the first read of a session: enough for a SYN, so a session that never opens a stream
-#: holds a few hundred bytes, not READ_CHUNK
-FIRST_READ = 512
 #: the reader yields to the hub after this many frames (a read counts as READ_COST frames)
 FRAMES_BEFORE_YIELD = 64
 READ_COST = 16
@@ -173,12 +171,17 @@ class SmuxStream:
     def take_pending(self) -> bytes:
         return b""
 
-    def recv_into(self, buf) -> int:
+    def wait_readable(self) -> None:
         while not self._chunks:
             if self.remote_fin or self.closed or self.session.closed:
-                return 0
+                return
             self._readable.clear()
             self._readable.wait()
+
+    def recv_into(self, buf) -> int:
+        self.wait_readable()
+        if not self._chunks:
+            return 0
         # fill as much of buf as the queued frames allow: fewer writes downstream
         chunks = self._chunks
         size = len(buf)
@@ -277,8 +280,10 @@ class Session:
     # -- reading -------------------------------------------------------------------------------
     def _recv_loop(self) -> None:
         decoder = FrameDecoder()
-        chunk = bytearray(FIRST_READ)  # READ_CHUNK once the peer has sent something
-        view = memoryview(chunk)
+        # the read buffer is the process's (streams.buffers): taken when the connection has
+        # data, given back when a read comes back short, so an idle session holds none
+        wait = getattr(self.conn, "wait_readable", None)
+        chunk = None
         fair = Budget(FRAMES_BEFORE_YIELD)
         # one timer, re-armed for each read inside a frame (a new Timeout per read is a
         # measurable cost when frames span several reads, as over TLS)
@@ -292,21 +297,28 @@ class Session:
                 if decoder.partial:
                     stall.start()
                     try:
+                        if chunk is None:
+                            chunk = buffers.take(READ_CHUNK)
                         n = self.conn.recv_into(chunk)
                     finally:
                         stall.cancel()
                 else:
+                    if chunk is None:
+                        if wait is not None:
+                            wait()
+                        chunk = buffers.take(READ_CHUNK)
                     n = self.conn.recv_into(chunk)
                 if not n:
                     if decoder.partial:
                         log.debug("smux session %r: connection ended inside a frame", self)
                     return
-                for cmd, sid, payload in decoder.iter_feed(view[:n]):
-                    self._dispatch(cmd, sid, payload)
-                    fair.spend()
-                if len(chunk) < READ_CHUNK:
-                    chunk = bytearray(READ_CHUNK)
-                    view = memoryview(chunk)
+                with memoryview(chunk) as view:
+                    for cmd, sid, payload in decoder.iter_feed(view[:n]):
+                        self._dispatch(cmd, sid, payload)
+                        fair.spend()
+                if n < READ_CHUNK and wait is not None:
+                    buffers.give(chunk)  # the decoder copied what it keeps
+                    chunk = None
                 fair.spend(READ_COST)
         except OverBudget as exc:
             log.debug("smux session %r: over the empty-frame budget (%s)", self, exc)
@@ -319,6 +331,8 @@ class Session:
         except OSError as exc:
             log.debug("smux session %r: read failed: %s", self, exc)
         finally:
+            if chunk is not None:
+                buffers.give(chunk)
             self._reader = None
             self.close()
 
@@ -442,13 +456,20 @@ def serve_session(conn, on_stream: Callable[[SmuxStream], None],
 class SessionPool:
     """ehco's client pool: per remote, reuse a session while it has fewer than
     ``max_streams`` open streams and is younger than ``max_age``; every ``gc_interval`` close
-    sessions that can serve no new stream and have no live stream left."""
+    sessions that can serve no new stream and have no live stream left.
+
+    Beyond ehco: the collector also closes idle sessions (no stream) beyond ``keep_idle`` per
+    remote. New streams go to the first usable session, so after a burst of connections the
+    sessions it needed stay idle; ehco kept them until max_age (thousands of sessions, and
+    their buffers, on both nodes for ten minutes).
+    """
 
     def __init__(self, dial: Callable[[str], object], max_streams: int = 5,
-                 max_age: float = 600.0, gc_interval: float = 30.0):
+                 max_age: float = 600.0, gc_interval: float = 30.0, keep_idle: int = 1):
         self.dial = dial
         self.max_streams = max_streams
         self.max_age = max_age
+        self.keep_idle = keep_idle
         self.sessions: dict[str, list[Session]] = {}
         self._gc = gevent.spawn(self._gc_loop, gc_interval)
 
@@ -470,14 +491,25 @@ class SessionPool:
         log.debug("smux pool: new session to %s (%d now)", remote, len(sessions))
         return session.open_stream()
 
-    def collect(self) -> None:
+    def collect(self) -> int:
+        """Close the sessions that are of no more use; how many were closed."""
+        closed = 0
         for remote, sessions in list(self.sessions.items()):
+            idle_kept = 0
             for session in list(sessions):
-                if session.closed or (not self._usable(session) and session.num_streams == 0):
-                    session.close()
+                if not session.closed and session.num_streams == 0:
+                    if not self._usable(session) or idle_kept >= self.keep_idle:
+                        session.close()
+                        closed += 1
+                    else:
+                        idle_kept += 1
+                if session.closed:
                     sessions.remove(session)
             if not sessions:
                 del self.sessions[remote]
+        if closed:
+            log.debug("smux pool: closed %d idle session(s)", closed)
+        return closed
 
     def _gc_loop(self, interval: float) -> None:
         while True:

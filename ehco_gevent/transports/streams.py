@@ -9,6 +9,11 @@ TLS, a WebSocket, an smux stream)::
     close() -> None           # idempotent; releases everything the stream holds
     take_pending() -> bytes   # bytes already read from the wire (e.g. with a handshake)
     splice_socket             # the plain TCP socket under this stream, or None
+    wait_readable() -> None   # optional: block until recv_into would not block
+
+``wait_readable`` is what lets readers hold no buffer while a stream is idle: they wait first,
+then take a buffer from :data:`buffers` for the read and give it back once the stream runs dry
+(an idle connection then costs only its state, not 16-256 KiB of read buffer per direction).
 
 ``splice_socket`` is what lets the pump use ``os.splice``: only a stream whose bytes are exactly
 a kernel TCP socket's bytes may offer one (not TLS, not smux, not WebSocket frames).
@@ -19,6 +24,44 @@ from __future__ import annotations
 import socket as _stdsocket
 
 from gevent import socket
+
+
+def wait_socket_readable(sock) -> None:
+    """Block until a gevent socket is readable, on the socket's own read watcher.
+
+    Its own watcher, not ``gevent.socket.wait_read(fd)``: closing a gevent socket cancels
+    waits on its own watchers (the waiter gets an OSError), while a watcher made aside keeps
+    the close pending and the peer never sees our FIN."""
+    sock._wait(sock._read_event)
+
+
+class BufferPool:
+    """Read buffers shared by every connection of the process, by size.
+
+    A reader takes one when its stream has data and gives it back when the stream runs dry, so
+    memory follows the connections that move data now, not the ones that are open. At most
+    ``keep`` free buffers per size are kept; the rest go back to the allocator.
+    """
+
+    def __init__(self, keep: int = 32):
+        self.keep = keep
+        self._free: dict[int, list[bytearray]] = {}
+
+    def take(self, size: int) -> bytearray:
+        free = self._free.get(size)
+        if free:
+            return free.pop()
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        free = self._free.setdefault(len(buf), [])
+        if len(free) < self.keep:
+            free.append(buf)
+
+
+#: the process's read buffers (one hub per process: no locking needed)
+buffers = BufferPool()
+
 
 
 class SocketStream:
@@ -51,6 +94,12 @@ class SocketStream:
             self.pending = self.pending[n:]
             return n
         return self.sock.recv_into(buf)
+
+    def wait_readable(self) -> None:
+        # a TLS socket (trojan wraps one in this class) may hold decrypted bytes the kernel
+        # does not know of: for it, recv_into is the only sure test, so don't wait here
+        if not self.pending and not hasattr(self.sock, "getpeercert"):
+            wait_socket_readable(self.sock)
 
     def sendall(self, data) -> None:
         self.sock.sendall(data)

@@ -31,6 +31,7 @@ from . import websocket as wsproto
 from .. import limits
 from ..fairness import Budget
 from .peer_limits import EmptyFrameBudget, OverBudget
+from .streams import buffers, wait_socket_readable
 
 log = logging.getLogger("ehco.ws")
 
@@ -60,6 +61,7 @@ class TLSStream:
         self._closed = False
         self._write_done = False
         self._shutdown_owed = False
+        self._peer_closed = False
 
     @classmethod
     def handshake(cls, sock, ctx, server_side: bool, server_hostname: str | None = None):
@@ -99,11 +101,33 @@ class TLSStream:
         n = self.recv_into(buf)
         return bytes(buf[:n])
 
+    def wait_readable(self) -> None:
+        """Wait until recv_into has something to return (data, or the end).
+
+        OpenSSL may hold records it already took from the incoming BIO (neither
+        ``incoming.pending`` nor ``pending()`` counts them), so the only sure test is a read:
+        one byte, kept in ``pending`` for recv_into."""
+        if (self.pending or self._peer_closed or self.incoming.pending
+                or self.obj.pending()):
+            return
+        try:
+            self.pending = self.obj.read(1)
+        except _WANT_READ:
+            self._flush()
+            if self._shutdown_owed:
+                self._send_close_notify()
+            wait_socket_readable(self.sock)
+        except _ZERO:
+            self._peer_closed = True
+
     def recv_into(self, buf) -> int:
         if self.pending:
             n = min(len(buf), len(self.pending))
             buf[:n] = self.pending[:n]
             self.pending = self.pending[n:]
+            if n < len(buf) and not self.pending and not self._peer_closed:
+                n += self._read_more(buf, n)  # whatever else is decrypted already
+                self._flush()
             return n
         rounds = 0
         while True:
@@ -122,12 +146,23 @@ class TLSStream:
                     # a full socket read gave no application data (records that carry
                     # nothing, or a record bigger than a read): let the others run
                     gevent.sleep(0)
-                data = self.sock.recv(self.READ)
-                if not data:
+                if not self._receive():
                     return 0  # EOF without close_notify: treat as the end all the same
-                self.incoming.write(data)
             except _ZERO:
                 return 0
+
+    def _receive(self) -> int:
+        """One socket read into the incoming BIO, through a pooled buffer (a fresh 256 KiB
+        bytes object per read would cost an allocation as big as the read)."""
+        raw = buffers.take(self.READ)
+        try:
+            n = self.sock.recv_into(raw)
+            if n:
+                with memoryview(raw) as view:
+                    self.incoming.write(view[:n])
+            return n
+        finally:
+            buffers.give(raw)
 
     def _read_more(self, buf, n: int) -> int:
         """Decrypt whatever else is already received into the rest of ``buf``: a TLS record is
@@ -138,8 +173,11 @@ class TLSStream:
             while n + more < len(view) and (self.incoming.pending or self.obj.pending()):
                 try:
                     got = self.obj.read(len(view) - n - more, view[n + more:])
-                except _WANT_READ + _ZERO:
-                    break  # a partial record, or the peer's close_notify: the next call sees it
+                except _WANT_READ:
+                    break  # a partial record: the next call reads the rest
+                except _ZERO:
+                    self._peer_closed = True  # close_notify: the next call returns 0
+                    break
                 if not got:
                     break
                 more += got
@@ -193,6 +231,7 @@ class FramedStream:
     SEND_FRAME = 1024 * 1024
     #: received bytes are decoded this much at a time, with a turn for the hub in between
     DECODE_SLICE = 16 * 1024
+    READ = 256 * 1024
 
     def __init__(self, inner, client: bool, pending: bytes = b"", label: str = "",
                  peer: str = ""):
@@ -204,7 +243,6 @@ class FramedStream:
         self._empty: EmptyFrameBudget | None = None  # made on the first empty frame
         self._fair = Budget()
         self._ready: list[memoryview] = []
-        self._raw = bytearray(256 * 1024)
         self._peer_done = False
         self._write_done = False
         self._close_sent = False
@@ -254,20 +292,30 @@ class FramedStream:
                 self._peer_done = True
                 self._maybe_send_close()
 
+    def wait_readable(self) -> None:
+        if not (self._ready or self._peer_done):
+            wait = getattr(self.inner, "wait_readable", None)
+            if wait is not None:
+                wait()
+
     def recv_into(self, buf) -> int:
         while not self._ready:
             if self._peer_done:
                 return 0
-            n = self.inner.recv_into(self._raw)
-            if not n:
-                self._peer_done = True
-                self._maybe_send_close()
-                return 0
+            raw = buffers.take(self.READ)  # the decoder copies what it keeps
             try:
-                self._absorb(memoryview(self._raw)[:n])
+                n = self.inner.recv_into(raw)
+                if not n:
+                    self._peer_done = True
+                    self._maybe_send_close()
+                    return 0
+                with memoryview(raw) as view:
+                    self._absorb(view[:n])
             except wsproto.FrameError as exc:
                 log.debug("ws frames: %s", exc)
                 raise ConnectionResetError(str(exc)) from None
+            finally:
+                buffers.give(raw)
         head = self._ready[0]
         n = min(len(buf), len(head))
         buf[:n] = head[:n]

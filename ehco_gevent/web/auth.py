@@ -8,6 +8,7 @@ much of a guess was right.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from typing import Optional
 
 
@@ -35,3 +36,21 @@ def basic_ok(user: str, password: str, given_user: Optional[str],
     user_ok = _same(given_user, user)
     pass_ok = _same(given_password, password)
     return user_ok and pass_ok
+
+
+def loopback_only(host: str) -> bool:
+    """True when a listen host can be reached from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:  # a name: it may resolve to anything
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or addr).is_loopback
+
+
+def unguarded_exposure(host: str, token: str, user: str, password: str) -> bool:
+    """True when the web server is reachable beyond this machine and nothing guards it: anyone
+    on the network could read the config and trigger reloads."""
+    return not loopback_only(host) and not token and not (user and password)

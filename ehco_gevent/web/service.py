@@ -17,6 +17,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from ..addresses import bind_socket
 from ..config import Config
+from .auth import unguarded_exposure
 from .traffic import SAMPLE_INTERVAL, PingLatency, TrafficHistory
 
 log = logging.getLogger("ehco.web")
@@ -38,6 +39,7 @@ class WebService:
         self.pings = PingLatency()
         self._pings_at = 0.0
         self._sampler: gevent.Greenlet | None = None
+        self._unguarded = False
 
     # -- service hooks ------------------------------------------------------------------------
     def start(self) -> None:
@@ -48,6 +50,7 @@ class WebService:
         """Follow a reload: a new web_host/web_port rebinds; auth settings apply per request."""
         want = (cfg.web_host, cfg.web_port) if cfg.web_port > 0 else None
         if want == self.bound:
+            self._warn_if_unguarded(cfg)
             return
         old = self.server
         if want is not None:
@@ -89,6 +92,20 @@ class WebService:
         server.start()
         self.server, self.bound = server, (cfg.web_host, cfg.web_port)
         log.info("Start Web Server at http://%s", addr)
+        self._unguarded = False
+        self._warn_if_unguarded(cfg)
+
+    def _warn_if_unguarded(self, cfg: Config) -> None:
+        """Warn (once per bind, and again when a reload drops the guard) when the server is
+        reachable beyond this machine with neither a token nor basic auth."""
+        unguarded = self.server is not None and unguarded_exposure(
+            cfg.web_host, cfg.web_token, cfg.web_auth_user, cfg.web_auth_pass)
+        if unguarded and not self._unguarded:
+            log.warning("web server at http://%s is reachable beyond this machine with no "
+                        "web_token and no web_auth_user/web_auth_pass: anyone who can reach it "
+                        "sees the relays and can reload the config; set web_token, or "
+                        "--web_host 127.0.0.1", join_host_port(cfg.web_host, cfg.web_port))
+        self._unguarded = unguarded
 
     @property
     def port(self) -> int | None:

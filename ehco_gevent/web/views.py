@@ -3,26 +3,34 @@
 Every request, static files and other services' blueprints included, passes ``before_request``
 first, so with a token or basic auth configured nothing at all is served without it. The gate
 reads the running config on each request, so a reload that changes the token applies at once.
+Errors, the gate's included, answer in the JSON shape of Go ehco's framework (:mod:`.errors`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from flask import Flask, Response, render_template, request
+from werkzeug.exceptions import HTTPException
 
 from .. import build
 from .auth import basic_ok, token_ok
+from .config_dump import config_dump
+from .errors import BASIC_CHALLENGE, JSON_TYPE, MISSING_TOKEN, echo_error, from_http_exception
 from .formatting import (DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, duration, parse_positive,
                          pretty_bytes, span)
+from .relays import table
 from .traffic import SAMPLE_INTERVAL
 
 log = logging.getLogger("ehco.web")
 CONN_TYPES = ("active", "closed")
+EMPTY_TEXT = {
+    "active": "No connection is open right now. Finished connections are listed under Closed.",
+    "closed": "No connection has finished yet.",
+}
 
 
 def create_flask_app(app: Any, service: Any) -> Flask:
@@ -35,15 +43,18 @@ def create_flask_app(app: Any, service: Any) -> Flask:
         cfg = app.config
         if cfg is None:
             return None
-        if not token_ok(cfg.web_token, request.args.get("token")):
-            return Response("invalid or missing token\n", 401, mimetype="text/plain")
+        given = request.args.get("token")
+        if not token_ok(cfg.web_token, given):
+            # echo's key-auth wording; 401 for a missing token too (echo said 400 there)
+            return echo_error(401, MISSING_TOKEN if given is None else None)
         creds = request.authorization
         user = creds.username if creds is not None and creds.type == "basic" else None
         password = creds.password if creds is not None and creds.type == "basic" else None
         if not basic_ok(cfg.web_auth_user, cfg.web_auth_pass, user, password):
-            return Response("Unauthorized\n", 401, mimetype="text/plain",
-                            headers={"WWW-Authenticate": 'Basic realm="ehco"'})
+            return echo_error(401, headers={"WWW-Authenticate": BASIC_CHALLENGE})
         return None
+
+    flask.register_error_handler(HTTPException, from_http_exception)
 
     def url(path: str, **params: Any) -> str:
         """A link on this node that carries the token, when one is configured."""
@@ -84,7 +95,6 @@ def create_flask_app(app: Any, service: Any) -> Flask:
     def connections():
         view = connection_page(app.registry, request.args)
         return render_template("connections.html", **view)
-
     # -- feeds and API ------------------------------------------------------------------------
     @flask.get("/api/v1/connections/")
     def connections_json():
@@ -96,9 +106,11 @@ def create_flask_app(app: Any, service: Any) -> Flask:
 
     @flask.get("/api/v1/traffic/")
     def traffic_json():
+        """Everything the index page shows live: chart series, the relays table, pings,
+        proxy users, in one poll."""
         return {"interval": SAMPLE_INTERVAL, "now": time.time(),
-                "relays": service.history.to_json(), "pings": service.ping_latencies(),
-                "proxy_users": proxy_users(app)}
+                "relays": service.history.to_json(), "table": table(app),
+                "pings": service.ping_latencies(), "proxy_users": proxy_users(app)}
 
     @flask.get("/api/v1/proxy_users/")
     def proxy_users_json():
@@ -106,9 +118,13 @@ def create_flask_app(app: Any, service: Any) -> Flask:
 
     @flask.get("/api/v1/config/")
     def current_config():
-        body = json.dumps(app.config.to_json() if app.config is not None else {}, indent=2,
-                          ensure_ascii=False)
-        return Response(body + "\n", mimetype="application/json")
+        cfg = app.config
+        if cfg is None:
+            return echo_error(503, "no config loaded yet")
+        # secrets only on request, and only behind a gate the request has just passed
+        gated = bool(cfg.web_token or (cfg.web_auth_user and cfg.web_auth_pass))
+        show = gated and request.args.get("secrets", "").lower() in ("true", "1", "yes")
+        return Response(config_dump(cfg, show), 200, content_type=JSON_TYPE)
 
     @flask.post("/api/v1/config/reload/")
     @flask.post("/reload/")
@@ -116,7 +132,7 @@ def create_flask_app(app: Any, service: Any) -> Flask:
         ok, message = app.reload("web")
         if ok:
             return Response("reload success", 200, mimetype="text/plain")
-        return Response(message, 400, mimetype="text/plain")
+        return echo_error(400, message)
 
     @flask.get("/metrics/")
     def metrics():
@@ -179,12 +195,17 @@ def connection_row(conn: Any, now: float) -> dict:
 
 def connection_page(registry: Any, args: Any) -> dict:
     """One page of connections. Active ones are grouped by relay label, oldest first (as
-    ehco's list); closed ones newest first, since that is what an operator looks for."""
-    conn_type = args.get("conn_type", "active")
-    if conn_type not in CONN_TYPES:
-        conn_type = "active"
+    ehco's list); closed ones newest first, since that is what an operator looks for.
+
+    Without a (valid) ``conn_type`` the page opens on what there is to see: the active
+    connections, or the closed ones when none is open (``auto_closed`` says so on the page)."""
+    conn_type = args.get("conn_type")
     active = list(registry.active.values())
     closed = list(registry.closed)
+    auto_closed = False
+    if conn_type not in CONN_TYPES:
+        auto_closed = not active and bool(closed)
+        conn_type = "closed" if auto_closed else "active"
     if conn_type == "active":
         items = sorted(active, key=lambda c: (c.relay_label, c.started_at, c.id))
     else:
@@ -195,6 +216,8 @@ def connection_page(registry: Any, args: Any) -> dict:
     now = time.time()
     return {
         "conn_type": conn_type,
+        "auto_closed": auto_closed,
+        "empty_text": EMPTY_TEXT[conn_type],
         "page": page,
         "rows": [connection_row(c, now) for c in page.slice(items)],
         "active_count": len(active),

@@ -82,10 +82,11 @@ def test_ss_local_tcp_and_udp(tmp_path, ss_server, echo_server, udp_echo_server,
              "the user's traffic counters")
 
 
-def raw_ss_connect(port, method, password, target_port, salt=None, first=b"hello"):
+def raw_ss_connect(port, method, password, target_port, salt=None, first=b"hello", source=""):
     c = aead.CIPHERS[method]
     enc = aead.Encryptor(c, aead.master_key(c, password), salt)
-    s = socket.create_connection((LOOPBACK, port), timeout=10)
+    s = socket.create_connection((LOOPBACK, port), timeout=10,
+                                 source_address=(source, 0) if source else None)
     header = b"\x01" + socket.inet_aton(LOOPBACK) + target_port.to_bytes(2, "big")
     wire = enc.encrypt(header + first)
     s.sendall(wire)

@@ -34,14 +34,20 @@ def test_twenty_parallel_connections(chain):
     assert all(parallel_roundtrips(chain[0], payloads))
 
 
+def mtcp_chain_to(ehco, server) -> int:
+    """Two nodes, raw -> mtcp -> raw, in front of ``server``; returns the entry port."""
+    a, b = free_port(), free_port()
+    ehco("-l", f"127.0.0.1:{b}", "-lt", "mtcp", "-r", f"127.0.0.1:{server.port}")
+    wait_port(b)
+    ehco("-l", f"127.0.0.1:{a}", "-tt", "mtcp", "-r", f"127.0.0.1:{b}")
+    wait_port(a)
+    return a
+
+
 def test_server_first_greeting(ehco):
     server = EchoServer(greeting=b"SSH-2.0-OpenSSH_9.2\r\n")
     try:
-        a, b = free_port(), free_port()
-        ehco("-l", f"127.0.0.1:{b}", "-lt", "mtcp", "-r", f"127.0.0.1:{server.port}")
-        wait_port(b)
-        ehco("-l", f"127.0.0.1:{a}", "-tt", "mtcp", "-r", f"127.0.0.1:{b}")
-        wait_port(a)
+        a = mtcp_chain_to(ehco, server)
         assert roundtrip(a, b"after greeting", greeting=server.greeting) == b"after greeting"
     finally:
         server.close()
@@ -52,11 +58,7 @@ def test_server_closes_first_and_still_hears_the_client(ehco):
     the smux stream, and what it sends after that still reaches the server."""
     server = QuittingEchoServer(greeting=b"220 ready\r\n")
     try:
-        a, b = free_port(), free_port()
-        ehco("-l", f"127.0.0.1:{b}", "-lt", "mtcp", "-r", f"127.0.0.1:{server.port}")
-        wait_port(b)
-        ehco("-l", f"127.0.0.1:{a}", "-tt", "mtcp", "-r", f"127.0.0.1:{b}")
-        wait_port(a)
+        a = mtcp_chain_to(ehco, server)
         check_server_closes_first(a, server, server.greeting)
     finally:
         server.close()

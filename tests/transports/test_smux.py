@@ -261,6 +261,16 @@ def test_pool_reuses_a_session_for_five_streams():
         stream.close()
     pool.open_stream("r").close()  # streams closed: the first session serves again
     assert len(dials) == 3
+    assert pool.collect() == 2  # idle sessions beyond one per remote are closed
+    assert len(pool.sessions["r"]) == 1
+    gevent.wait(servers, count=2, timeout=10)  # their server ends saw the close
+    assert sum(1 for g in servers if g.dead) == 2
+    stream = pool.open_stream("r")  # the idle one kept serves the next stream
+    stream.sendall(b"kept")
+    stream.shutdown_write()
+    assert read_all(stream) == b"kept"
+    stream.close()
+    assert len(dials) == 3
     pool.max_age = 0  # every session is now too old to serve and has no live stream
     pool.collect()
     assert pool.sessions == {}

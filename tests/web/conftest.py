@@ -4,6 +4,7 @@ echo server, and a real Clash subscription served over HTTP for ``sub_configs``.
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ..support import LOOPBACK, free_port, write_config
+from ..support import LOOPBACK, free_port, free_tcp_udp_port, write_config
 
 SUB_NAME = "sub1"
 
@@ -87,3 +88,48 @@ def web_node(ehco, tmp_path, echo_server, subscription_server):
                        echo_server.port)
 
     return start
+
+
+@dataclass
+class ThreeRelays:
+    """A node with a working TCP relay ``ok``, a relay ``refused`` whose remote refuses every
+    dial (nothing listens on its port), and a UDP relay ``udp``."""
+    node: WebNode
+    ok_port: int
+    refused_port: int
+    refused_remote: str
+    udp_port: int
+
+    def refuse_and_echo_udp(self, dials: int = 3) -> None:
+        """``dials`` connections through ``refused`` (each closed by the relay), and one
+        datagram echoed through ``udp``."""
+        for _ in range(dials):
+            refused_dial(self.refused_port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(10)
+            udp.sendto(b"ping", (LOOPBACK, self.udp_port))
+            assert udp.recvfrom(100)[0] == b"ping"
+
+
+def refused_dial(port: int) -> None:
+    """Connect to a relay whose remote refuses: the relay closes us without a byte."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as conn:
+        try:
+            assert conn.recv(1) == b""
+        except ConnectionResetError:
+            pass
+
+
+@pytest.fixture
+def three_relays(web_node, echo_server, udp_echo_server):
+    ok_port, refused_port, udp_port = free_port(), free_port(), free_tcp_udp_port()
+    refused_remote = f"{LOOPBACK}:{free_port()}"  # free a moment ago: nothing listens there
+    node = web_node(relay_configs=[
+        {"listen": f"{LOOPBACK}:{ok_port}", "label": "ok",
+         "tcp_remotes": [f"{LOOPBACK}:{echo_server.port}"]},
+        {"listen": f"{LOOPBACK}:{refused_port}", "label": "refused", "listen_type": "raw",
+         "transport_type": "raw", "tcp_remotes": [refused_remote]},
+        {"listen": f"{LOOPBACK}:{udp_port}", "label": "udp",
+         "udp_remotes": [f"{LOOPBACK}:{udp_echo_server.port}"]},
+    ], sub_configs=[])
+    return ThreeRelays(node, ok_port, refused_port, refused_remote, udp_port)

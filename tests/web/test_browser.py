@@ -101,15 +101,16 @@ def test_index_chart_moves_and_connection_row_updates(web_node, browser):
         assert page.evaluate("window.ehcoCharts['lbl'].plot.scales.y.max") > 50000
         busy_pixels = page.evaluate("window.ehcoCharts['lbl'].plot.ctx.canvas.toDataURL()")
         assert busy_pixels != idle_pixels
-        rate_text = page.text_content("[data-relay='lbl'] .rate-up")
+        rate_text = page.text_content("#traffic [data-relay='lbl'] .rate-up")
         assert rate_text.startswith("\u2191 ") and "/s" in rate_text
-        assert float(page.get_attribute("[data-relay='lbl']", "data-last-up")) > 0
+        assert float(page.get_attribute("#traffic [data-relay='lbl']", "data-last-up")) > 0
         page.screenshot(path=str(ARTIFACTS / "web-index.png"), full_page=True)
 
         # follow the link to the connections page: the live connection is listed and its
         # byte counts move without a reload
         page.click("#connections-link")
-        page.wait_for_url("**/connections/?conn_type=active")
+        page.wait_for_url("**/connections/")
+        assert page.get_attribute("#tab-active", "class") == "is-active"  # one is open
         row = page.locator("#conn-rows tr", has_text=traffic.client)
         row.wait_for(timeout=15000)
         assert row.locator("td.label").text_content() == "lbl"
@@ -160,3 +161,65 @@ def test_index_lists_proxy_users_with_live_traffic(web_node, browser, echo_serve
         s.close()
     wait_js(page, f"document.querySelector(\"{row}\").dataset.connections === '0'",
             "connection count drops when the client leaves")
+
+
+def test_index_relays_table_marks_the_failing_remote(three_relays, browser):
+    """Three relays (one whose remote refuses every dial): the relays table sits above the
+    charts, the refusing remote reads as failed with its error, the axes use the header's
+    units, and the connections page opens on the finished connection once none is open."""
+    from ..support import roundtrip
+    node = three_relays.node
+    assert roundtrip(three_relays.ok_port, b"hello") == b"hello"
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+
+    # nothing open any more: the connections page opens on Closed and says why
+    page.goto(node.url("/connections/"))
+    assert page.is_visible("#auto-closed")
+    assert page.get_attribute("#tab-closed", "class") == "is-active"
+    page.locator("#conn-rows tr td.label", has_text="ok").first.wait_for(timeout=15000)
+
+    page.goto(node.url("/"))
+    three_relays.refuse_and_echo_udp(dials=3)
+    traffic = SteadyTraffic(three_relays.ok_port)
+    try:
+        failing = "#relays tr[data-relay='refused'][data-status='failing']"
+        page.wait_for_selector(failing, timeout=30000)
+        line = page.locator(f"{failing} .remote[data-status='down']")  # max_fails 1: down
+        assert line.locator(".badge").text_content() == "down"
+        assert "refused" in line.locator(".error").text_content().lower()
+        assert "(3 of 3 dials failed)" in line.text_content()
+        assert page.text_content(f"{failing} td.failed") == "3"
+        # an error reads as an error: red, not the muted grey of an idle remote
+        color = page.eval_on_selector(f"{failing} .remote .error", "e => getComputedStyle(e).color")
+        assert color == "rgb(197, 48, 48)", color
+        ok = "#relays tr[data-relay='ok']"
+        wait_js(page, "(() => { const r = document.querySelector(\"#relays tr[data-relay='ok']\");"
+                      " return r && r.dataset.status === 'ok'"
+                      " && r.querySelector('td.active').textContent === '1'; })()",
+                "working relay with its open connection")
+        assert " ms" in page.text_content(f"{ok} .remote .latency")
+        assert page.get_attribute("#relays tr[data-relay='udp']", "data-status") == "ok"
+        assert page.text_content("#relays tr[data-relay='udp'] td.types") == "raw \u2192 raw"
+        # above the charts, and every relay has its chart, drawing the traffic
+        table_y = page.locator("#relays-section").bounding_box()["y"]
+        assert table_y < page.locator("#traffic-section").bounding_box()["y"]
+        wait_js(page, "['ok', 'refused', 'udp'].every(l => window.ehcoCharts[l])"
+                      " && Math.max(...window.ehcoCharts['ok'].plot.data[2]) > 50000",
+                "charts for the three relays")
+        wait_js(page, "document.querySelector(\"#traffic [data-relay='refused'] .badge\")"
+                      ".textContent === 'failing'", "the failing relay's chart says so")
+        # the y axis speaks the header's units
+        ticks = page.evaluate("window.ehcoCharts['ok'].plot.axes[1]._values")
+        assert ticks and all(t.endswith(("B/s", "KiB/s", "MiB/s")) for t in ticks), ticks
+        assert page.evaluate("window.ehcoBytes(7.2 * 1048576, 1) + '/s'") == "7.2 MiB/s"
+        page.screenshot(path=str(ARTIFACTS / "web-index-relays.png"), full_page=True)
+    finally:
+        traffic.stop()
+    assert not traffic.errors, traffic.errors
+    # the reload button reads the reason out of the JSON error
+    node.config_path.write_text('{"relay_configs": [')
+    page.click("#reloadButton")
+    wait_js(page, "document.getElementById('reloadResult').textContent.startsWith('failed: ')",
+            "reload failure shown")
+    shown = page.text_content("#reloadResult")
+    assert "not valid JSON" in shown and '"message"' not in shown, shown

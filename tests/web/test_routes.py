@@ -43,7 +43,7 @@ def test_index_shows_build_info_links_and_clash_providers(web_node):
     assert "1.1.4-dev" in page
     assert 'id="start-time"' in page
     hrefs = [v for _, v in links_of(page)]
-    for route in ("/metrics/", "/connections/?conn_type=active", "/api/v1/config/"):
+    for route in ("/metrics/", "/connections/", "/api/v1/config/"):
         assert route in hrefs
     # both provider URLs of the subscription, relative links and absolute ones to paste
     assert f"/clash_proxy_provider/?sub_name={SUB_NAME}" in hrefs
@@ -58,7 +58,7 @@ def test_index_shows_build_info_links_and_clash_providers(web_node):
 
 def test_index_references_no_outside_host(web_node):
     node = web_node()
-    for path in ("/", "/connections/?conn_type=active", "/connections/?conn_type=closed"):
+    for path in ("/", "/connections/", "/connections/?conn_type=closed"):
         page = node.get(path).text
         links = links_of(page)
         assert any(tag == "script" for tag, _ in links)
@@ -80,17 +80,55 @@ def test_index_references_no_outside_host(web_node):
     assert "uPlot" in chart
 
 
-def test_config_dump_has_the_relay(web_node):
-    node = web_node()
+def test_config_dump_is_go_shaped(web_node):
+    """Go ehco's json.Marshal of its Config: compact, PATH first, null for a relay's absent
+    list, omitempty keys absent; relays and keys as configured."""
+    node = web_node(relay_sync_url="http://127.0.0.1:9/sync?token=synctok")
     resp = node.get("/api/v1/config/")
     assert resp.status_code == 200
-    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.headers["Content-Type"] == "application/json; charset=UTF-8"
+    # no token, no basic auth: the secrets are never shown, even when asked for
+    for path in ("/api/v1/config/", "/api/v1/config/?secrets=true"):
+        assert "synctok" not in node.get(path).text
+    assert "\n" not in resp.text and ": " not in resp.text  # compact, as Go's
     cfg = resp.json()
+    assert list(cfg)[0] == "PATH" and cfg["PATH"] == str(node.config_path)
     relay = next(r for r in cfg["relay_configs"] if r["label"] == "lbl")
-    assert relay["listen"] == f"{LOOPBACK}:{node.relay_port}"
-    assert relay["tcp_remotes"] == node.config["relay_configs"][0]["tcp_remotes"]
+    assert relay == {"listen": f"{LOOPBACK}:{node.relay_port}", "listen_type": "raw",
+                     "transport_type": "raw",
+                     "tcp_remotes": node.config["relay_configs"][0]["tcp_remotes"],
+                     "udp_remotes": None, "label": "lbl"}
     assert cfg["web_port"] == node.config["web_port"]
-    assert cfg["sub_configs"] == node.config["sub_configs"]
+    assert "web_token" not in cfg and "enable_ping" not in cfg  # Go's omitempty
+    assert [s["name"] for s in cfg["sub_configs"]] == [SUB_NAME]
+
+
+def test_config_dump_masks_secrets_unless_asked_with_the_token(web_node):
+    sync_url = "http://relay:pw@127.0.0.1:9/api/sync?token=synctok"
+    node = web_node(web_token="s3cret", web_auth_user="admin", web_auth_pass="pa55",
+                    relay_sync_url=sync_url, xray_config={"inbounds": [
+                        {"listen": LOOPBACK, "port": free_port(), "protocol": "shadowsocks",
+                         "tag": "ss_proxy", "settings": {"clients": [
+                             {"method": "aes-256-gcm", "password": "ss-pw", "email": "b"}]}}]})
+    auth = ("admin", "pa55")
+    masked = node.get("/api/v1/config/?token=s3cret", auth=auth)
+    for secret in ("s3cret", "pa55", "synctok", ":pw@", "ss-pw", "sub.yaml"):
+        assert secret not in masked.text, secret
+    dump = masked.json()
+    assert (dump["web_token"], dump["web_auth_pass"], dump["web_auth_user"]) == (
+        "***", "***", "admin")
+    assert dump["relay_sync_url"] == "http://***@127.0.0.1:9/***"
+    assert dump["sub_configs"][0]["url"].endswith(":%d/***" % urlsplit(
+        node.config["sub_configs"][0]["url"]).port)
+    client = dump["xray_config"]["inbounds"][0]["settings"]["clients"][0]
+    assert client == {"method": "aes-256-gcm", "password": "***", "email": "b"}
+    # asked for, with the token: everything as configured
+    full = node.get("/api/v1/config/?token=s3cret&secrets=true", auth=auth).json()
+    assert (full["web_token"], full["web_auth_pass"]) == ("s3cret", "pa55")
+    assert full["relay_sync_url"] == sync_url
+    assert full["sub_configs"] == node.config["sub_configs"]
+    assert full["xray_config"]["inbounds"][0]["settings"]["clients"][0]["password"] == "ss-pw"
+    assert node.get("/api/v1/config/?secrets=true", auth=auth).status_code == 401
 
 
 def test_metrics_route(web_node):
@@ -136,7 +174,7 @@ def test_connections_active_then_closed(web_node):
         page = node.get("/connections/?conn_type=active").text
         assert "lbl" in page and client in page
         assert "up: 3.00 KiB" in page and "down: 3.00 KiB" in page
-        assert "No connections available." not in page
+        assert 'class="empty"' not in page
         assert "N/A" in page  # no end time yet
     finally:
         conn.shutdown(socket.SHUT_WR)
@@ -162,7 +200,10 @@ def test_connections_active_then_closed(web_node):
     assert data["active_count"] == 0
     page = node.get("/connections/?conn_type=closed").text
     assert client in page and "up: 3.00 KiB" in page
-    assert "No connections available." in node.get("/connections/?conn_type=active").text
+    assert "No connection is open right now" in node.get("/connections/?conn_type=active").text
+    # opened without a type, with nothing open: the page shows the closed one and says why
+    page = node.get("/connections/").text
+    assert 'id="auto-closed"' in page and client in page and "up: 3.00 KiB" in page
 
 
 @pytest.mark.workers
@@ -219,13 +260,14 @@ def test_reload_routes(web_node, route, echo_server):
     # an invalid file: 400 with the reason, relays keep serving
     node.config_path.write_text('{"relay_configs": [{"listen": "nope"}]')
     resp = node.post(route)
-    assert resp.status_code == 400
-    assert "not valid JSON" in resp.text and str(node.config_path) in resp.text
+    assert resp.status_code == 400  # echo's shape: the reason as the message
+    assert "not valid JSON" in resp.json()["message"]
+    assert str(node.config_path) in resp.json()["message"]
     node.config_path.write_text(json.dumps({**cfg, "relay_configs": [
         {"listen": f"{LOOPBACK}:{node.relay_port}", "label": "lbl", "tcp_remotes": []}]}))
     resp = node.post(route)
     assert resp.status_code == 400
-    assert "tcp_remotes/udp_remotes" in resp.text and "lbl" in resp.text
+    assert "tcp_remotes/udp_remotes" in resp.json()["message"] and "lbl" in resp.text
     payload = bytes(range(256)) * 100
     assert sha(roundtrip(node.relay_port, payload)) == sha(payload)
     assert roundtrip(new_port, b"still here") == b"still here"
@@ -253,7 +295,8 @@ def test_web_token(web_node):
         assert parse_qs(urlsplit(value).query).get("token") == ["s3cret"], (tag, value)
         if tag in ("script", "link") or value.startswith("/connections/"):
             assert node.get(value).status_code == 200, value
-    assert node.get("/api/v1/config/?token=s3cret").json()["web_token"] == "s3cret"
+    assert node.get("/api/v1/config/?token=s3cret").json()["web_token"] == "***"
+    assert node.get("/api/v1/config/?token=s3cret&secrets=true").json()["web_token"] == "s3cret"
 
 
 def test_basic_auth(web_node):
@@ -262,7 +305,8 @@ def test_basic_auth(web_node):
                  "/api/v1/connections/", "/api/v1/traffic/"):
         resp = node.get(path)
         assert resp.status_code == 401, path
-        assert resp.headers["WWW-Authenticate"].startswith("Basic")
+        assert resp.headers["WWW-Authenticate"] == "basic realm=Restricted"  # echo's
+        assert resp.json() == {"message": "Unauthorized"}
         assert "lbl" not in resp.text
         for creds in (("admin", "wrong"), ("wrong", "pa55"), ("", ""), ("admin", "pa55x")):
             assert node.get(path, auth=creds).status_code == 401, (path, creds)
@@ -324,3 +368,91 @@ def test_reload_moves_the_web_server_to_a_new_port(web_node):
     assert resp.json()["web_port"] == new_port
     with pytest.raises(requests.ConnectionError):
         requests.get(node.url("/"), timeout=5)
+
+
+def assert_echo_error(resp: requests.Response, code: int, message: str) -> None:
+    """The shape Go ehco's web framework (echo) gives every error."""
+    assert resp.status_code == code, (resp.status_code, resp.text)
+    assert resp.headers["Content-Type"] == "application/json; charset=UTF-8"
+    assert resp.json()["message"] == message
+
+
+def test_errors_answer_json_as_echo(web_node):
+    node = web_node()
+    for path in ("/nope", "/static/nope.js", "/api/v1/nope/"):
+        assert_echo_error(node.get(path), 404, "Not Found")
+        assert node.get(path).json() == {"message": "Not Found"}
+    for method, path in (("GET", "/api/v1/config/reload/"), ("POST", "/metrics/"),
+                         ("DELETE", "/")):
+        resp = requests.request(method, node.url(path), timeout=10)
+        assert_echo_error(resp, 405, "Method Not Allowed")
+        assert resp.headers["Allow"]
+    resp = node.get("/clash_proxy_provider/?sub_name=nope")
+    assert_echo_error(resp, 400, "sub_name=nope not found")
+    assert resp.json()["sub_names"] == [SUB_NAME]
+    resp = node.get("/clash_proxy_provider/")
+    assert (resp.status_code, resp.text) == (400, "sub_name is empty")
+
+
+def test_auth_errors_answer_json_as_echo(web_node):
+    node = web_node(web_token="s3cret")
+    for path in ("/", "/nope", "/api/v1/config/"):  # the gate answers before routing
+        assert_echo_error(node.get(path), 401, "missing key in the query string")
+        assert_echo_error(node.get(path + "?token=bad"), 401, "Unauthorized")
+    assert_echo_error(node.get("/nope?token=s3cret"), 404, "Not Found")
+
+
+def test_path_without_trailing_slash_redirects_keeping_the_query(web_node):
+    """Go answered 404 for /metrics; we redirect to /metrics/ (docs/decisions.md), after the
+    auth gate and with the token kept, and the method kept for POST."""
+    node = web_node(web_token="s3cret")
+    resp = node.get("/metrics?token=s3cret", allow_redirects=False)
+    assert resp.status_code == 308
+    assert resp.headers["Location"].endswith("/metrics/?token=s3cret")
+    assert "ehco_alive_state" in node.get("/metrics?token=s3cret").text
+    assert node.get("/metrics", allow_redirects=False).status_code == 401
+    assert node.get("/api/v1/config?token=s3cret").json()["PATH"] == str(node.config_path)
+    resp = node.post("/api/v1/config/reload?token=s3cret")
+    assert (resp.status_code, resp.text) == (200, "reload success")
+    assert resp.history and resp.history[0].status_code == 308
+
+
+def test_relays_feed_shows_dials_traffic_and_failures(three_relays):
+    """The index page's table (the ``table`` of its feed): the relay whose remote refuses every
+    dial reads failing, with the error and the exact count; the working one its latency and
+    bytes; the UDP one its session."""
+    node = three_relays.node
+    payload = b"r" * 5000
+    assert sha(roundtrip(three_relays.ok_port, payload)) == sha(payload)
+    three_relays.refuse_and_echo_udp(dials=3)
+
+    def rows():
+        return {r["label"]: r for r in node.get("/api/v1/traffic/").json()["table"]}
+
+    data = wait_for(rows, lambda d: d["ok"]["down_bytes"] == 5000
+                    and d["refused"]["dials_failed"] == 3 and d["udp"]["down_bytes"] == 4,
+                    "relays table")
+    assert list(data) == ["ok", "refused", "udp"]  # config order
+    ok, refused, udp = data["ok"], data["refused"], data["udp"]
+    assert (ok["status"], ok["up_bytes"], ok["active"], ok["dials_failed"]) == ("ok", 5000, 0, 0)
+    remote = ok["remotes"][0]
+    assert (remote["status"], remote["dials"], remote["type"]) == ("ok", 1, "tcp")
+    assert remote["last_dial_ms"] > 0 and remote["last_error"] == ""
+    assert (refused["status"], refused["listen"], refused["listen_type"],
+            refused["transport_type"]) == ("failing", f"{LOOPBACK}:{three_relays.refused_port}",
+                                           "raw", "raw")
+    bad = refused["remotes"][0]
+    assert (bad["remote"], bad["dials_failed"], bad["dials"]) == (
+        three_relays.refused_remote, 3, 3)
+    # marked down by passive failover (max_fails 1), the refusal kept as the last error
+    assert bad["status"] == "down" and "failed dial" in bad["reason"]
+    assert "refused" in bad["last_error"].lower()
+    assert (udp["status"], udp["remotes"][0]["type"], udp["up_bytes"]) == ("ok", "udp", 4)
+    assert udp["active"] == 1  # the UDP session lives until its idle timeout
+    # the same count in the metrics, so an alert sees what the page shows
+    from ehco_gevent.observability.metrics import parse_samples
+
+    fails = [s.value for s in parse_samples(node.get("/metrics/").text)
+             if s.name == "ehco_gevent_dial_failures_total"
+             and s.labels["remote"] == f"refused-{three_relays.refused_remote}"]
+    assert fails == [3]

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ehco_gevent.config import parse_config
 from ehco_gevent.connections import ConnectionRegistry
-from ehco_gevent.web.auth import basic_ok, token_ok
+from ehco_gevent.web.auth import basic_ok, loopback_only, token_ok, unguarded_exposure
 from ehco_gevent.web.formatting import Page, parse_positive, pretty_bytes
 from ehco_gevent.web.traffic import PING_METRIC, PingLatency, TrafficHistory, ping_sums
 from ehco_gevent.web.views import connection_page, create_flask_app
@@ -31,6 +31,18 @@ def test_basic_gate():
     assert basic_ok("u", "p", "u", "p")
     for user, pw in ((None, None), ("u", None), ("u", "x"), ("x", "p"), ("", ""), ("up", "")):
         assert not basic_ok("u", "p", user, pw), (user, pw)
+
+
+def test_exposure():
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "::ffff:127.0.0.1"):
+        assert loopback_only(host), host
+    for host in ("0.0.0.0", "::", "10.0.0.1", "example.com", ""):
+        assert not loopback_only(host), host
+    assert unguarded_exposure("0.0.0.0", "", "", "")
+    assert unguarded_exposure("0.0.0.0", "", "user", "")  # half of basic auth is no auth
+    assert not unguarded_exposure("0.0.0.0", "tok", "", "")
+    assert not unguarded_exposure("0.0.0.0", "", "user", "pw")
+    assert not unguarded_exposure("127.0.0.1", "", "", "")
 
 
 @pytest.mark.parametrize("n,text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.00 KiB"),
@@ -139,3 +151,29 @@ def test_connection_page_orders():
     assert [r["id"] for r in view["rows"]] == [a.id]  # newest first: b, a
     assert (view["active_count"], view["closed_count"]) == (1, 2)
     assert reg.relay_totals() == {"a-relay": [10, 0], "b-relay": [10, 0]}
+
+
+def test_a_failing_view_answers_echo_json_500():
+    bp = Blueprint("broken", __name__)
+
+    def broken():
+        raise RuntimeError("boom")
+
+    bp.add_url_rule("/broken/", "broken", broken)
+    app = _fake_app()
+    app.services = [SimpleNamespace(blueprint=lambda: bp)]
+    resp = create_flask_app(app, SimpleNamespace()).test_client().get("/broken/")
+    assert resp.status_code == 500
+    assert resp.headers["Content-Type"] == "application/json; charset=UTF-8"
+    assert resp.json == {"message": "Internal Server Error"}  # no traceback to the client
+
+
+def test_connection_page_opens_on_what_there_is():
+    reg = ConnectionRegistry()
+    assert connection_page(reg, {})["conn_type"] == "active"  # nothing at all: Active
+    conn = reg.open("r", "tcp", "127.0.0.1:1", "127.0.0.1:9", "r-127.0.0.1:9")
+    assert connection_page(reg, {})["conn_type"] == "active"
+    reg.close(conn)
+    view = connection_page(reg, {"conn_type": "bogus"})
+    assert (view["conn_type"], view["auto_closed"]) == ("closed", True)
+    assert connection_page(reg, {"conn_type": "active"})["auto_closed"] is False

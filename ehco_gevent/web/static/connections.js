@@ -1,5 +1,5 @@
-/* Connections page: while showing active connections, refresh the rows (byte counts, new and
- * finished connections) every two seconds from /api/v1/connections/. */
+/* Connections page: refresh the rows (byte counts, new and finished connections) and the
+ * counts every two seconds from /api/v1/connections/. */
 (function () {
     "use strict";
     var box = document.getElementById("connections");
@@ -32,7 +32,7 @@
         if (!data.connections.length) {
             var tr = document.createElement("tr");
             tr.className = "empty";
-            cell(tr, "muted", function (td) { td.colSpan = 4; td.textContent = "No connections available."; });
+            cell(tr, "muted", function (td) { td.colSpan = 4; td.textContent = box.getAttribute("data-empty-text"); });
             body.appendChild(tr);
         }
         data.connections.forEach(function (c) {
@@ -62,5 +62,5 @@
             .catch(function (e) { console.warn("connections poll failed:", e); });
     }
 
-    if (connType === "active") setInterval(poll, 2000);
+    setInterval(poll, 2000);
 })();

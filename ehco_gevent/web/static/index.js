@@ -1,5 +1,6 @@
-/* Index page: one uPlot chart per relay (bytes/s up and down), ping latencies, the proxy's
- * users, reload button. Polls /api/v1/traffic/ every sample interval; charts are kept in window.ehcoCharts by label. */
+/* Index page: the relays table, one uPlot chart per relay (bytes/s up and down), ping
+ * latencies, the proxy's users, reload button. Polls /api/v1/traffic/ every sample interval;
+ * charts are kept in window.ehcoCharts by label. */
 (function () {
     "use strict";
     var root = document.getElementById("traffic");
@@ -10,12 +11,8 @@
 
     function rate(v) { return window.ehcoBytes(v) + "/s"; }
 
-    // axis ticks: short (one decimal), so the label fits the axis gutter
-    function tick(v) {
-        var units = ["B", "K", "M", "G", "T"], i = 0;
-        while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
-        return (i === 0 || v >= 100 ? Math.round(v) : v.toFixed(1)) + " " + units[i] + "/s";
-    }
+    // axis ticks: the header's units (KiB/s, MiB/s), one decimal so the label fits the gutter
+    function tick(v) { return window.ehcoBytes(v, 1) + "/s"; }
 
     function clock(t) {
         var d = new Date(t * 1000);
@@ -39,7 +36,9 @@
         up.className = "rate-up";
         var down = document.createElement("span");
         down.className = "rate-down";
-        head.appendChild(name); head.appendChild(up); head.appendChild(down);
+        var badge = document.createElement("span");  // set from the relays feed
+        badge.className = "badge";
+        head.appendChild(name); head.appendChild(badge); head.appendChild(up); head.appendChild(down);
         var plot = document.createElement("div");
         plot.className = "plot";
         box.appendChild(head); box.appendChild(plot);
@@ -57,11 +56,11 @@
             axes: [
                 { space: 70, incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600],
                   values: function (u, vals) { return vals.map(clock); } },
-                { size: 70, values: function (u, vals) { return vals.map(tick); } }
+                { size: 84, values: function (u, vals) { return vals.map(tick); } }
             ]
         };
         var u = new uPlot(opts, [[], [], []], plot);
-        return { box: box, upText: up, downText: down, plot: u };
+        return { box: box, upText: up, downText: down, badge: badge, plot: u };
     }
 
     // one muted row across the table, for a table with nothing to show yet
@@ -138,6 +137,7 @@
             if (!c) {
                 if (empty) { empty.remove(); empty = null; }
                 c = charts[label] = makeChart(label);
+                paintStatus(label);
             }
             c.plot.setData([s.t, s.up, s.down]);
             var n = s.t.length;
@@ -150,9 +150,87 @@
         Object.keys(charts).forEach(function (label) {
             if (!seen[label]) { charts[label].plot.destroy(); charts[label].box.remove(); delete charts[label]; }
         });
+        renderRelays(data.table || []);
         renderPings(data.pings || []);
         renderProxyUsers(data.proxy_users, data.now);
         window.ehcoTrafficPolls += 1;
+    }
+
+    // -- relays table ----------------------------------------------------------------------
+
+    function el(tag, cls, text) {
+        var e = document.createElement(tag);
+        if (cls) e.className = cls;
+        if (text != null) e.textContent = text;
+        return e;
+    }
+
+    // one line per remote: status badge, address, then the latency, or the error in red
+    var BADGE = { ok: "ok", failing: "failed", down: "down", idle: "no dial yet",
+                  "no reply": "no reply" };
+
+    function remoteLine(r) {
+        var line = el("div", "remote status-" + r.status.replace(" ", "-"));
+        line.setAttribute("data-remote", r.remote);
+        line.setAttribute("data-status", r.status);
+        line.appendChild(el("span", "badge", BADGE[r.status] || r.status));
+        line.appendChild(el("code", "", r.remote));
+        if (r.type === "udp") line.appendChild(el("span", "tag", "udp"));
+        if (r.status === "failing" || r.status === "down") {
+            var why = [r.reason, r.last_error].filter(function (x) { return x; }).join("; last: ");
+            line.appendChild(el("span", "error", " " + why));
+        } else if (r.status === "no reply") {
+            line.appendChild(el("span", "muted", " datagrams sent, none came back yet"));
+        } else if (r.last_dial_ms != null) {
+            line.appendChild(el("span", "latency", " " + r.last_dial_ms.toFixed(1) + " ms"));
+        }
+        if (r.dials_failed) {
+            line.appendChild(el("span", "fails", " (" + r.dials_failed + " of " + r.dials +
+                                " dials failed)"));
+        }
+        return line;
+    }
+
+    // a failing relay's flat chart must not look like an idle one: its head carries the status
+    var relayStatus = {};
+
+    function paintStatus(label) {
+        var chart = charts[label], status = relayStatus[label];
+        if (!chart || !status) return;
+        chart.box.className = "relay status-" + status.replace(" ", "-");
+        chart.badge.textContent = status;
+    }
+
+    function renderRelays(rows) {
+        var body = document.getElementById("relays");
+        body.textContent = "";
+        if (!rows.length) emptyRow(body, 7, "No relays running.");
+        rows.forEach(function (relay) {
+            var tr = el("tr", "relay-row status-" + relay.status.replace(" ", "-"));
+            tr.setAttribute("data-relay", relay.label);
+            tr.setAttribute("data-status", relay.status);
+            var name = el("td", "label");
+            name.appendChild(el("div", "", relay.label));
+            name.appendChild(el("span", "badge", relay.status));
+            tr.appendChild(name);
+            var listen = el("td"); listen.appendChild(el("code", "", relay.listen)); tr.appendChild(listen);
+            var types = el("td", "types", relay.listen_type + " \u2192 " + relay.transport_type);
+            if (relay.remotes.length > 1) types.appendChild(el("div", "muted small", relay.lb_strategy));
+            tr.appendChild(types);
+            var remotes = el("td", "remotes");
+            relay.remotes.forEach(function (r) { remotes.appendChild(remoteLine(r)); });
+            tr.appendChild(remotes);
+            tr.appendChild(el("td", "num active", String(relay.active)));
+            var traffic = el("td", "traffic");
+            traffic.appendChild(el("div", "up", "\u2191 " + window.ehcoBytes(relay.up_bytes)));
+            traffic.appendChild(el("div", "down", "\u2193 " + window.ehcoBytes(relay.down_bytes)));
+            tr.appendChild(traffic);
+            tr.appendChild(el("td", "num failed" + (relay.dials_failed ? " error" : ""),
+                              String(relay.dials_failed)));
+            body.appendChild(tr);
+            relayStatus[relay.label] = relay.status;
+            paintStatus(relay.label);
+        });
     }
 
     function poll() {
@@ -174,9 +252,13 @@
         result.textContent = "reloading...";
         fetch(window.ehcoUrl("/api/v1/config/reload/"), { method: "POST", credentials: "same-origin" })
             .then(function (r) { return r.text().then(function (t) { return [r.ok, t]; }); })
-            // a partial reload answers "reload: started a; kept 1; failed: c (why)" with 400
             .then(function (res) {
-                result.textContent = (res[0] || res[1].indexOf("reload:") === 0 ? "" : "failed: ") + res[1];
+                var text = res[1];
+                if (!res[0]) {  // errors come as echo's {"message": ...}
+                    try { text = JSON.parse(text).message; } catch (e) { /* plain text */ }
+                }
+                // a partial reload names what started, was kept and failed: no "failed:" first
+                result.textContent = (res[0] || text.indexOf("reload:") === 0 ? "" : "failed: ") + text;
             })
             .catch(function (e) { result.textContent = "failed: " + e; });
     });

@@ -2,7 +2,7 @@
 //
 // As a server it accepts one tunnel transport and relays every tunnelled connection to a raw
 // TCP remote; as a client it listens raw TCP and reaches the remote through the transport.
-// Transports: ws / wss (HTTP upgrade on /ws/ or /wss/, then raw bytes as ehco 1.1.4 sends
+// Transports: raw (plain TCP relay, either mode; the benchmarks' Go baseline), ws / wss (HTTP upgrade on /ws/ or /wss/, then raw bytes as ehco 1.1.4 sends
 // them), mwss (TLS + upgrade on /mwss/ + xtaci/smux) and mtcp (xtaci/smux over TCP). With
 // -frames the upgraded connection carries RFC 6455 binary messages (gorilla/websocket), as
 // ehco >= 1.1.5 and WebSocket proxies do; each such connection starts with a ping.
@@ -51,7 +51,7 @@ const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 var (
 	mode      = flag.String("mode", "server", "server or client")
-	transport = flag.String("transport", "ws", "ws, wss, mwss or mtcp")
+	transport = flag.String("transport", "ws", "raw, ws, wss, mwss or mtcp")
 	frames    = flag.Bool("frames", false, "RFC 6455 binary messages after the upgrade (gorilla)")
 	listen    = flag.String("l", "127.0.0.1:0", "listen address")
 	remote    = flag.String("r", "", "remote address host:port")
@@ -438,7 +438,7 @@ func main() {
 	log.SetOutput(os.Stdout)
 	log.SetFlags(log.Lmicroseconds)
 	switch *transport {
-	case "ws", "wss", "mwss", "mtcp":
+	case "raw", "ws", "wss", "mwss", "mtcp":
 	default:
 		log.Fatalf("unknown transport %q", *transport)
 	}
@@ -451,6 +451,15 @@ func main() {
 	}
 	log.Printf("goehco %s %s frames=%v listening on %s, remote %s", *mode, *transport, *frames,
 		ln.Addr(), *remote)
+	if *transport == "raw" { // a plain relay: a goroutine per connection, as ehco's raw relay
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				log.Fatal(err)
+			}
+			go relayToRemote(c)
+		}
+	}
 	switch *mode {
 	case "server":
 		runServer(ln)
