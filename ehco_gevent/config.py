@@ -139,10 +139,10 @@ class Config:
     xray_config: dict[str, Any] | None = None
     sync_traffic_endpoint: str = ""
     sync_traffic_interval: int = 60
-    #: beyond ehco 1.1.4: relay worker processes, a number or "auto" (ehco_gevent.workers)
-    workers: int | str = 1
     #: deadlines and caps for unauthenticated peers (ehco_gevent.limits, docs/security.md)
     limits: Limits = field(default_factory=Limits)
+    #: beyond ehco 1.1.4: relay worker processes, a number or "auto" (ehco_gevent.workers)
+    workers: int | str = 1
     #: the keys the file actually set, so command-line values can fill in the rest
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -166,9 +166,9 @@ class Config:
         }
         if self.xray_config is not None:
             out["xray_config"] = self.xray_config
+        out.update({k: v for k, v in asdict(self.limits).items() if k in self.explicit})
         if self.workers != 1:
             out["workers"] = self.workers
-        out.update({k: v for k, v in asdict(self.limits).items() if k in self.explicit})
         return out
 
     def with_relays(self, relays: Iterable[RelayConfig]) -> "Config":
@@ -462,8 +462,8 @@ def _parse_config(data: dict, source: str, check: _Checker, warnings: list[str]
         sub_configs=tuple(subs),
         xray_config=xray,
         sync_traffic_endpoint=check.typed(data, "sync_traffic_endpoint", str, "", ""),
-        workers=workers,
         limits=parse_limits(data, lambda key, problem: check.fail("", key, problem)),
+        workers=workers,
         explicit=frozenset(k for k, v in data.items() if v is not None),
         **ints,
     )

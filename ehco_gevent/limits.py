@@ -29,6 +29,29 @@ class Limits:
     #: net.core.rmem_max unless the process may use SO_RCVBUFFORCE)
     udp_receive_buffer: int = 4 * 1024 * 1024
 
+    # -- tunnel listeners (mtcp, ws, wss, mwss) and smux sessions ---------------------------
+    #: unauthenticated handshakes in progress at once per tunnel listener (mtcp: accept until
+    #: the first stream; ws, wss: until the 101; mwss: until the first stream); a connection
+    #: beyond it is closed at once
+    tunnel_max_handshakes: int = 256
+    #: seconds an smux session (mtcp: from accept; mwss: from the 101) has to open its first
+    #: stream; Go ehco's client opens one at once
+    smux_handshake_timeout: float = 10.0
+    #: streams open at once in one smux session a peer opened (Go ehco's client uses at most
+    #: 5 and then dials another session); a SYN beyond it is answered with FIN
+    smux_max_streams: int = 32
+    #: new streams per second per smux session (burst: one second's worth); over it the
+    #: session's reader waits, which slows that peer only
+    smux_streams_per_second: float = 500.0
+    #: seconds a served smux session that carried streams may sit with none open; longer than
+    #: the 10 minutes Go ehco's client keeps a session pooled, so a client never reuses a
+    #: session we closed
+    smux_idle_timeout: float = 660.0
+    #: frames per second per session that carry nothing (smux NOP, PSH/FIN for unknown or
+    #: closed streams; WebSocket ping, pong and empty frames); burst: 1 s worth.
+    #: A session over it is closed
+    empty_frames_per_second: float = 1000.0
+
 
 KEYS = frozenset(f.name for f in fields(Limits))
 _CURRENT = Limits()

@@ -14,7 +14,15 @@ Why the limits look the way they do:
   session rather than growing memory.
 * Go blocks its reader while its accept queue is full; a peer that opens thousands of streams
   would make us dial thousands of remotes. A session here holds at most ``max_streams`` open
-  streams; a SYN beyond that is answered with FIN (the peer's stream reads EOF at once).
+  streams (config ``smux_max_streams``); a SYN beyond that is answered with FIN (the peer's
+  stream reads EOF at once). New streams are rate-capped, the first must come within a deadline
+  and a session that carried streams is closed after a long idle time: see
+  :class:`~ehco_gevent.transports.peer_limits.SessionGuard`.
+* Fairness: a gevent socket that always has data never blocks, so the reader would never let
+  the hub run anyone else while a peer floods it (NOPs at 35 MB/s froze the whole process). It
+  yields after a bounded number of frames and reads, and frames that carry nothing (NOP, PSH or
+  FIN for a stream that is unknown or closed, empty PSH) spend a per-session budget; a session
+  over it is closed.
 * A peer that sends half a frame and then goes quiet would park the reader forever: a partial
   frame must complete within ``stall_timeout``.
 * Half-close: ``shutdown_write`` sends FIN but keeps delivering what arrives afterwards until the
@@ -35,6 +43,9 @@ from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.queue import Queue
 
+from .. import limits as _limits
+from ..fairness import Budget
+from .peer_limits import OverBudget, SessionGuard
 from .sniff import mismatch_log
 from .streams import buffers
 
@@ -47,9 +58,12 @@ HEADER_SIZE = HEADER.size
 #: what Go sends per frame (its MaxFrameSize); we accept any uint16 length
 SEND_FRAME = 32768
 MAX_BUFFER = 4 * 1024 * 1024
-MAX_STREAMS = 1024
+MAX_STREAMS = _limits.Limits.smux_max_streams
 STALL_TIMEOUT = 30.0
 READ_CHUNK = 256 * 1024
+#: the reader yields to the hub after this many frames (a read counts as READ_COST frames)
+FRAMES_BEFORE_YIELD = 64
+READ_COST = 16
 
 
 class SmuxError(Exception):
@@ -220,11 +234,13 @@ class Session:
     """One smux session over one connection (any object with the stream interface)."""
 
     def __init__(self, conn, client: bool, max_buffer: int = MAX_BUFFER,
-                 max_streams: int = MAX_STREAMS, stall_timeout: float = STALL_TIMEOUT):
+                 max_streams: int | None = None, stall_timeout: float = STALL_TIMEOUT,
+                 guard: SessionGuard | None = None):
         self.conn = conn
         self.client = client
         self.max_buffer = max_buffer
-        self.max_streams = max_streams
+        self.guard = guard or SessionGuard(_limits.current(), server=not client)
+        self.max_streams = self.guard.max_streams if max_streams is None else max_streams
         self.stall_timeout = stall_timeout
         self.streams: dict[int, SmuxStream] = {}
         self._next_id = 1 if client else 0
@@ -237,6 +253,7 @@ class Session:
         self.created_at = time.monotonic()
         self.peer = ""  # the remote a client session was dialled for, for log lines
         self._reader = gevent.spawn(self._recv_loop)
+        self.guard.start(self._expire)
 
     @property
     def num_streams(self) -> int:
@@ -267,6 +284,7 @@ class Session:
         # data, given back when a read comes back short, so an idle session holds none
         wait = getattr(self.conn, "wait_readable", None)
         chunk = None
+        fair = Budget(FRAMES_BEFORE_YIELD)
         # one timer, re-armed for each read inside a frame (a new Timeout per read is a
         # measurable cost when frames span several reads, as over TLS)
         stall = gevent.Timeout(self.stall_timeout, SmuxError("truncated frame: peer stalled"))
@@ -297,9 +315,13 @@ class Session:
                 with memoryview(chunk) as view:
                     for cmd, sid, payload in decoder.iter_feed(view[:n]):
                         self._dispatch(cmd, sid, payload)
+                        fair.spend()
                 if n < READ_CHUNK and wait is not None:
                     buffers.give(chunk)  # the decoder copied what it keeps
                     chunk = None
+                fair.spend(READ_COST)
+        except OverBudget as exc:
+            log.debug("smux session %r: over the empty-frame budget (%s)", self, exc)
         except SmuxError as exc:
             log.debug("smux session %r: protocol error: %s", self, exc)
             if self.client:  # our remote answered with something else: the operator's mistake
@@ -315,6 +337,7 @@ class Session:
             self.close()
 
     def _dispatch(self, cmd: int, sid: int, payload: bytes) -> None:
+        """One frame; frames that carry nothing spend the guard's budget (OverBudget)."""
         if cmd == PSH:
             stream = self.streams.get(sid)
             if stream is not None and payload and not stream.closed:
@@ -322,22 +345,37 @@ class Session:
                 self._buffered += len(payload)
                 if self._buffered >= self.max_buffer:
                     self._space.clear()
+            else:
+                self.guard.empty_frame("PSH for an unknown or closed stream" if payload
+                                       else "empty PSH")
         elif cmd == SYN:
             if sid in self.streams or self.client:
+                self.guard.empty_frame("SYN for an open stream" if not self.client
+                                       else "SYN to a client")
                 return
             if len(self.streams) >= self.max_streams:
                 log.debug("smux session %r: refusing stream %d, %d open", self, sid,
                           len(self.streams))
+                self.guard.refused(len(self.streams))
                 self._write(encode_frame(FIN, sid))
                 return
+            wait = self.guard.stream_wait()
+            if wait:
+                gevent.sleep(wait)  # over the rate: this peer's reader waits, nobody else
+                if self.closed:
+                    return
             stream = SmuxStream(self, sid)
             self.streams[sid] = stream
+            self.guard.stream_opened()
             self._accepts.put(stream)
         elif cmd == FIN:
             stream = self.streams.get(sid)
-            if stream is not None:
+            if stream is not None and not stream.remote_fin:
                 stream._fin()
-        # NOP: nothing to do
+            else:
+                self.guard.empty_frame("FIN for an unknown or closed stream")
+        else:
+            self.guard.empty_frame("NOP")
 
     def _consumed(self, n: int) -> None:
         self._buffered -= n
@@ -354,6 +392,8 @@ class Session:
     def _forget(self, stream: SmuxStream) -> None:
         if self.streams.get(stream.sid) is stream:
             del self.streams[stream.sid]
+            if not self.streams and not self.closed:
+                self.guard.streams_gone()
         unread = sum(len(c) for c in stream._chunks)
         stream._chunks.clear()
         if unread:
@@ -364,6 +404,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self.guard.close()
         self._space.set()
         for stream in list(self.streams.values()):
             stream._readable.set()
@@ -376,15 +417,22 @@ class Session:
         except OSError:
             pass
 
+    def _expire(self, cause: str) -> None:
+        """A guard's deadline passed (no first stream, or idle): end the session."""
+        log.debug("smux session %r: closed (%s)", self, cause)
+        self.close()
+
     def __repr__(self) -> str:
         side = "client" if self.client else "server"
         return f"<smux {side} session streams={len(self.streams)}>"
 
 
-def serve_session(conn, on_stream: Callable[[SmuxStream], None]) -> None:
+def serve_session(conn, on_stream: Callable[[SmuxStream], None],
+                  guard: SessionGuard | None = None) -> None:
     """Server side: run ``on_stream`` in a greenlet per stream the peer opens, until the
-    session ends; then end every stream's greenlet too."""
-    session = Session(conn, client=False)
+    session ends; then end every stream's greenlet too. ``guard`` carries the relay's limits
+    and names (label, peer) for the logs."""
+    session = Session(conn, client=False, guard=guard)
     group = Group()
 
     def run(stream: SmuxStream) -> None:

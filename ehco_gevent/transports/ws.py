@@ -24,6 +24,7 @@ from . import sniff
 from . import websocket as wsproto
 from .. import limits
 from ..config import RelayConfig, remote_host_port
+from .peer_limits import HandshakeGate, SessionGuard
 from .smux import SessionPool, serve_session
 from .streams import SocketStream
 from .tls import client_context, server_context
@@ -138,24 +139,37 @@ class WSInbound:
         self.tls = kind in ("wss", "mwss")
         if self.tls:
             server_context()  # load or generate the certificate now, not on the first client
+        self.gate = HandshakeGate(cfg.label, kind, lambda: limits.current().tunnel_max_handshakes)
 
     def serve(self, sock, client_addr: str, on_stream: Callable) -> None:
-        tune(sock)
+        # a handshake slot until the upgrade is done (mwss: until the first smux stream)
+        ticket = self.gate.enter(client_addr)
+        if ticket is None:
+            return
         try:
-            stream = accept_upgrade(sock, client_addr, self.path, self.tls, self.cfg.ws_frames)
-        except sniff.Mismatch as exc:
-            sniff.report(self.cfg.label, self.kind, client_addr, exc)
-            return
-        except (wsproto.HandshakeError, OSError, TimeoutError, ValueError) as exc:
-            log.debug("relay %s: %s handshake from %s failed: %s", self.cfg.label, self.kind,
-                      client_addr, exc)
-            return
-        if stream is None:
-            return
-        if self.kind == "mwss":
-            serve_session(stream, on_stream)
-        else:
-            on_stream(stream)
+            tune(sock)
+            try:
+                stream = accept_upgrade(sock, client_addr, self.path, self.tls,
+                                        self.cfg.ws_frames)
+            except sniff.Mismatch as exc:
+                sniff.report(self.cfg.label, self.kind, client_addr, exc)
+                return
+            except (wsproto.HandshakeError, OSError, TimeoutError, ValueError) as exc:
+                log.debug("relay %s: %s handshake from %s failed: %s", self.cfg.label,
+                          self.kind, client_addr, exc)
+                return
+            if stream is None:
+                return
+            if isinstance(stream, FramedStream):  # names for its limit's log line
+                stream.label, stream.peer = self.cfg.label, client_addr
+            if self.kind == "mwss":
+                guard = SessionGuard(limits.current(), server=True, label=self.cfg.label,
+                                     peer=client_addr, ticket=ticket)
+                serve_session(stream, on_stream, guard)
+                return
+        finally:
+            ticket.release()
+        on_stream(stream)
 
     def close(self) -> None:
         pass

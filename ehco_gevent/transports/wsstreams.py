@@ -12,6 +12,11 @@ Half-close:
   instead: one of our nodes takes it as EOF (and half-closes its TCP side), while a standard
   peer (gorilla, ehco >= 1.1.5, a CDN) just relays nothing for it. The answer to a half-closed
   request therefore arrives in full either way.
+
+Fairness (issue 10): a socket that always has data never blocks, so every read loop here yields
+to the hub after bounded work (a TLS read that needs more than one socket read, each 16 KiB of
+WebSocket frames decoded), and WebSocket frames that carry nothing (ping, pong, empty data
+frames) spend a per-connection budget (``empty_frames_per_second``): a peer over it is cut.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from __future__ import annotations
 import logging
 import ssl as _stdssl
 
+import gevent
 from gevent import ssl
 
 from . import websocket as wsproto
+from .. import limits
+from ..fairness import Budget
+from .peer_limits import EmptyFrameBudget, OverBudget
 from .streams import buffers, wait_socket_readable
 
 log = logging.getLogger("ehco.ws")
@@ -60,12 +69,16 @@ class TLSStream:
         obj = ctx.wrap_bio(incoming, outgoing, server_side=server_side,
                            server_hostname=server_hostname)
         stream = cls(sock, obj, incoming, outgoing)
+        rounds = 0
         while True:
             try:
                 obj.do_handshake()
                 break
             except _WANT_READ:
                 stream._flush()
+                rounds += 1
+                if rounds > 1:
+                    gevent.sleep(0)  # a peer feeding the handshake without pause waits its turn
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionError("closed during the TLS handshake")
@@ -116,6 +129,7 @@ class TLSStream:
                 n += self._read_more(buf, n)  # whatever else is decrypted already
                 self._flush()
             return n
+        rounds = 0
         while True:
             try:
                 n = self.obj.read(len(buf), buf)
@@ -127,6 +141,11 @@ class TLSStream:
                 self._flush()
                 if self._shutdown_owed:
                     self._send_close_notify()
+                rounds += 1
+                if rounds > 1:
+                    # a full socket read gave no application data (records that carry
+                    # nothing, or a record bigger than a read): let the others run
+                    gevent.sleep(0)
                 if not self._receive():
                     return 0  # EOF without close_notify: treat as the end all the same
             except _ZERO:
@@ -210,12 +229,19 @@ class FramedStream:
     splice_socket = None
     #: largest frame we send; well under the 16 MiB a decoder accepts
     SEND_FRAME = 1024 * 1024
+    #: received bytes are decoded this much at a time, with a turn for the hub in between
+    DECODE_SLICE = 16 * 1024
     READ = 256 * 1024
 
-    def __init__(self, inner, client: bool, pending: bytes = b""):
+    def __init__(self, inner, client: bool, pending: bytes = b"", label: str = "",
+                 peer: str = ""):
         self.inner = inner
         self.client = client
+        self.label = label or "?"
+        self.peer = peer or "?"
         self._decoder = wsproto.FrameDecoder(from_client=not client)
+        self._empty: EmptyFrameBudget | None = None  # made on the first empty frame
+        self._fair = Budget()
         self._ready: list[memoryview] = []
         self._peer_done = False
         self._write_done = False
@@ -227,7 +253,31 @@ class FramedStream:
         return b""
 
     def _absorb(self, data) -> None:
-        for fin, opcode, payload in self._decoder.feed(data):
+        view = memoryview(data)
+        start, step = 0, self.DECODE_SLICE
+        while start < len(view):
+            frames = self._decoder.feed(view[start:start + step])
+            start += step
+            self._handle(frames)
+            if len(frames) > 64:
+                step = 1024  # many tiny frames (a ping flood): smaller bites between turns
+            self._fair.spend(len(frames) + 4)
+
+    def _empty_frame(self, what: str) -> None:
+        if self._empty is None:  # named late: the listener sets label and peer after the upgrade
+            self._empty = EmptyFrameBudget(limits.current().empty_frames_per_second,
+                                           self.label, self.peer, "WebSocket connection")
+        try:
+            self._empty.spend(what)
+        except OverBudget:
+            raise wsproto.FrameError(f"over the empty-frame budget ({what})") from None
+
+    def _handle(self, frames) -> None:
+        for fin, opcode, payload in frames:
+            if not payload and not (opcode == wsproto.OP_BINARY and fin and not self._peer_done):
+                self._empty_frame(f"opcode {opcode:#x} without payload")
+            elif opcode in (wsproto.OP_PING, wsproto.OP_PONG):
+                self._empty_frame("ping" if opcode == wsproto.OP_PING else "pong")
             if opcode == wsproto.OP_BINARY and fin and not payload:
                 self._peer_done = True  # the peer's end-of-writing marker
                 self._maybe_send_close()

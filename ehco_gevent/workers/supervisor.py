@@ -41,7 +41,7 @@ import gevent
 from gevent import socket, subprocess
 from gevent.lock import Semaphore
 
-from .. import limits
+from .. import limits as node_limits
 from ..addresses import ListenError
 from ..config import ConfigError, RelayConfig
 from ..connections import Connection, ConnectionRegistry
@@ -162,7 +162,7 @@ class WorkerPool:
             self.handles[slot] = self._spawn(slot)
         handles = list(self.handles.values())
         answers = call_all(handles, "start", START_TIMEOUT, relays=self.wanted, tls=tls,
-                           log_level=self._log_level(), peer_limits=limits.current())
+                           log_level=self._log_level(), limits=node_limits.current())
         failed = [exc for _, exc in answers if exc is not None]
         if failed:
             self.stop_all()
@@ -190,8 +190,7 @@ class WorkerPool:
             tls = None
         live = list(self.handles.values())
         answers = call_all(live, "apply", APPLY_TIMEOUT, relays=cfgs, tls=tls,
-                           log_level=self._log_level(), what=what, timer=timer,
-                           peer_limits=limits.current())
+                           log_level=self._log_level(), limits=node_limits.current(), what=what, timer=timer)
         running, dones = set(new), []
         for handle, (result, exc) in zip(live, answers):
             if exc is not None:
@@ -285,8 +284,7 @@ class WorkerPool:
         new.watcher = gevent.spawn(self._watch, new)
         try:  # the worker logs what started and what failed
             new.call("apply", START_TIMEOUT, relays=self.wanted, tls=self._tls,
-                     log_level=self._log_level(), what="restarted worker",
-                     peer_limits=limits.current())
+                     log_level=self._log_level(), limits=node_limits.current(), what="restarted worker")
         except Exception as exc:
             log.error("worker %d (pid %d): could not start its relays: %s", slot, new.pid, exc)
 

@@ -26,7 +26,8 @@ import gevent
 from gevent import socket
 from gevent.event import Event
 
-from .. import addresses, limits, logs
+from .. import addresses, logs
+from .. import limits as node_limits
 from ..config import RelayConfig
 from ..connections import Connection, ConnectionRegistry
 from ..server import RelayServer
@@ -76,26 +77,26 @@ class Worker:
                 "close": self.close, "stop": self.stop}
 
     def _settings(self, tls: tuple[str, str] | None, log_level: str,
-                  peer_limits: limits.Limits | None = None) -> None:
+                  limits: node_limits.Limits | None) -> None:
         logs.setup(log_level)
-        if peer_limits is not None:  # the config's deadlines and caps (the worker reads none)
-            limits.set_current(peer_limits)
+        if limits is not None:  # the supervisor's, from the config (docs/security.md)
+            node_limits.set_current(limits)
         if tls is not None:
             self.tls_files(*tls)
 
     def start(self, relays: list[RelayConfig], tls: tuple[str, str] | None = None,
-              log_level: str = "info", peer_limits: limits.Limits | None = None) -> list[str]:
+              log_level: str = "info", limits: node_limits.Limits | None = None) -> list[str]:
         """Start-up: every relay binds or the error goes back (and nothing stays bound)."""
-        self._settings(tls, log_level, peer_limits)
+        self._settings(tls, log_level, limits)
         self.relays.start_all(relays)
         return sorted(self.relays.relays)
 
     def apply(self, relays: list[RelayConfig], tls: tuple[str, str] | None = None,
               log_level: str = "info", what: str = "reload", timer: bool = False,
-              peer_limits: limits.Limits | None = None) -> dict:
+              limits: node_limits.Limits | None = None) -> dict:
         """A reload (or a restarted worker's start): the same diff rules and log line as one
         process; returns what was done, the errors, and the relays running afterwards."""
-        self._settings(tls, log_level, peer_limits)
+        self._settings(tls, log_level, limits)
         done, errors = self.relays.apply(relays, what, timer=timer)
         return {"done": done, "errors": errors, "running": sorted(self.relays.relays)}
 
