@@ -144,10 +144,20 @@ class FrameDecoder:
                 src.release()
 
 
+#: How long our first frame on a stream the peer opened may wait for the peer to be ready.
+#: xtaci/smux up to 1.5.x (the one Go ehco builds with) writes its SYN before it registers the
+#: stream and drops a PSH or FIN that arrives in between: a server-first greeting (SSH, SMTP)
+#: answered inside that window is lost and the user's connection hangs. So on such a stream we
+#: send nothing until the peer has sent on it (it has registered the stream by then) or this
+#: grace has passed. Client-first protocols never wait: the client's bytes come first.
+PEER_REGISTER_GRACE = 0.05
+
+
 class SmuxStream:
     """One multiplexed stream, with the stream interface of :mod:`ehco_gevent.transports.streams`."""
 
     splice_socket = None
+    _heard_event: Event | None = None  # only while a first write waits for the peer
 
     def __init__(self, session: "Session", sid: int):
         self.session = session
@@ -157,15 +167,31 @@ class SmuxStream:
         self.remote_fin = False
         self.local_fin = False
         self.closed = False
+        self._heard = session.client  # streams we open need no wait (PEER_REGISTER_GRACE)
 
     # -- fed by the session's reader -------------------------------------------------------
     def _push(self, data: bytes) -> None:
         self._chunks.append(memoryview(data))
         self._readable.set()
+        if not self._heard:
+            self._peer_ready()
 
     def _fin(self) -> None:
         self.remote_fin = True
         self._readable.set()
+        if not self._heard:
+            self._peer_ready()
+
+    def _peer_ready(self) -> None:
+        self._heard = True
+        if self._heard_event is not None:
+            self._heard_event.set()
+
+    def _await_peer(self) -> None:
+        self._heard_event = Event()
+        self._heard_event.wait(PEER_REGISTER_GRACE)
+        self._heard = True
+        self._heard_event = None
 
     # -- the stream interface ----------------------------------------------------------------
     def take_pending(self) -> bytes:
@@ -207,10 +233,14 @@ class SmuxStream:
         if self.closed or self.local_fin:
             raise BrokenPipeError("smux stream is closed for writing")
         if len(data):
+            if not self._heard:
+                self._await_peer()
             self.session._write(encode_data(self.sid, data))
 
     def shutdown_write(self) -> None:
         if not self.local_fin and not self.closed:
+            if not self._heard:
+                self._await_peer()
             self.local_fin = True
             try:
                 self.session._write(encode_frame(FIN, self.sid))

@@ -9,6 +9,7 @@ from gevent import socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ehco_gevent.transports import smux
 from ehco_gevent.transports.smux import (FIN, NOP, PSH, SEND_FRAME, SYN, FrameDecoder, Session,
                               SessionPool, SmuxError, encode_data, encode_frame, serve_session)
 from ehco_gevent.transports.streams import SocketStream
@@ -198,6 +199,50 @@ def test_data_for_unknown_stream_is_dropped_and_fin_delivers_eof():
         got += peer.recv(4096)
     assert FrameDecoder().feed(got) == [(PSH, 3, b"still writable after the peer's FIN"),
                                         (FIN, 3, b"")]
+    session.close()
+
+
+def _greeter(session):
+    """A server-first service on each stream the peer opens: it speaks before it reads."""
+    stream = session.accept_stream()
+    stream.sendall(b"220 hello")
+    stream.shutdown_write()
+
+
+def test_first_answer_waits_until_the_peer_has_spoken(monkeypatch):
+    """Go's smux registers a stream only after writing its SYN and drops what arrives between:
+    our first frame on a stream the peer opened waits until the peer has sent on it."""
+    monkeypatch.setattr(smux, "PEER_REGISTER_GRACE", 30)
+    session, peer = raw_peer()
+    greeter = gevent.spawn(_greeter, session)
+    peer.sendall(encode_frame(SYN, 3))
+    for _ in range(20):  # let the session and the greeter run as far as they can
+        gevent.sleep(0)
+    assert not greeter.dead  # held in its first write
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)  # nothing on the wire yet
+    peer.setblocking(True)
+    peer.sendall(encode_frame(PSH, 3, b"EHLO"))  # the peer speaks: it has the stream now
+    greeter.get(timeout=5)
+    got = b""
+    peer.settimeout(5)
+    while len(got) < 8 + 9 + 8:
+        got += peer.recv(4096)
+    assert FrameDecoder().feed(got) == [(PSH, 3, b"220 hello"), (FIN, 3, b"")]
+    session.close()
+
+
+def test_first_answer_to_a_silent_peer_goes_after_the_grace():
+    session, peer = raw_peer()
+    greeter = gevent.spawn(_greeter, session)
+    peer.sendall(encode_frame(SYN, 3))
+    greeter.get(timeout=5)
+    got = b""
+    peer.settimeout(5)
+    while len(got) < 8 + 9 + 8:
+        got += peer.recv(4096)
+    assert FrameDecoder().feed(got) == [(PSH, 3, b"220 hello"), (FIN, 3, b"")]
     session.close()
 
 
