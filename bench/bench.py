@@ -332,16 +332,26 @@ def run_rate(args, procs: Procs, impls: list[Impl]) -> None:
 
 
 # -- memory per held connection --------------------------------------------------------------------
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants (``--workers N``: the supervisor and its workers)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return [pid] + [child.pid for child in proc.children(recursive=True)]
+
+
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+    """Resident KiB of the process and its descendants."""
+    total = 0
+    for p in tree(pid):
+        with open(f"/proc/{p}/status") as fh:
+            total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+    return total
 
 
 def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open fds of the process and its descendants."""
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in tree(pid))
 
 
 def echo_once(conns: list[socket.socket]) -> None:
