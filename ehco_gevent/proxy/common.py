@@ -12,9 +12,9 @@ from collections import Counter
 import gevent
 from gevent import socket
 
-from .. import limits
+from ..guards import limits
 from ..connections import ConnectionRegistry
-from ..fairness import Budget
+from ..guards.fairness import Budget
 from ..logs import RateLimitedLogger
 from ..pump import pump
 from ..transports.streams import SocketStream

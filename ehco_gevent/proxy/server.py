@@ -18,7 +18,7 @@ from gevent.server import StreamServer
 
 from ..addresses import ListenError, bind_socket, format_addr
 from ..config import Config, ConfigError
-from ..listeners import Listener
+from ..guards.listeners import Listener
 from ..relay import PROXY_HEADER_TIMEOUT, limited
 from ..transports import proxy_protocol
 from ..transports.streams import SocketStream

@@ -18,7 +18,7 @@ from gevent import socket
 from . import aead
 from ..addresses import format_addr
 from .addr import AddressError, encode_address, format_target, parse_address
-from ..fairness import Budget
+from ..guards.fairness import Budget
 from .common import (DRAIN_MAX_BYTES, Context, drain, handshake_deadline, recv_at_least,
                      refused)
 from .users import User

@@ -15,7 +15,7 @@ import gevent
 from gevent import socket
 
 from .addr import AddressError, encode_address, parse_address
-from ..fairness import Budget
+from ..guards.fairness import Budget
 from .common import Context, handshake_deadline, read_parsed
 
 log = logging.getLogger("ehco.proxy.socks")

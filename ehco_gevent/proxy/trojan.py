@@ -22,8 +22,8 @@ from ..transports.streams import SocketStream
 from ..transports.tls import new_server_context, server_context
 from ..transports.raw import dial_tcp
 from .addr import AddressError, encode_address, parse_address
-from .. import limits
-from ..fairness import Budget
+from ..guards import limits
+from ..guards.fairness import Budget
 from .common import Context, handshake_deadline
 
 log = logging.getLogger("ehco.proxy.trojan")

@@ -5,7 +5,7 @@ Anyone can connect to a tunnel listener (mtcp has no authentication at all; ws a
 path). So a peer gets what a real client needs and no more: a deadline and a cap on handshakes
 in progress, a cap on open streams and on the rate of new ones, a budget for frames that carry
 nothing, and an idle deadline for a session that has carried streams. The values are config
-keys (:mod:`ehco_gevent.limits`, docs/security.md). Every close for one of these causes is
+keys (:mod:`ehco_gevent.guards.limits`, docs/security.md). Every close for one of these causes is
 logged through one :class:`~ehco_gevent.logs.RateLimitedLogger`, keyed by relay and cause: an
 attacker repeating a cause gets one line per interval, never one per connection.
 """
@@ -18,7 +18,7 @@ from typing import Callable
 
 import gevent
 
-from ..limits import Limits
+from ..guards.limits import Limits
 from ..logs import RateLimitedLogger
 
 log = logging.getLogger("ehco.limits")
