@@ -130,7 +130,7 @@ def handle_tcp(ctx: Context, sock, client: str) -> None:
         _ignore(ctx, sock, client)
         return
     try:
-        with handshake_deadline():
+        with handshake_deadline(ctx, client):
             result = _handshake(ctx, sock, client, users)
     except (OSError, socket.timeout) as exc:
         log.debug("proxy %s: %s: handshake failed: %s", ctx.name, client, exc)

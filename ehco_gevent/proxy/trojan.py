@@ -128,7 +128,7 @@ def setup(ctx: Context) -> None:
 def handle_tcp(ctx: Context, sock, client: str) -> None:
     tls = None
     try:
-        with handshake_deadline():  # TLS, hash line and request together
+        with handshake_deadline(ctx, client):  # TLS, hash line and request together
             try:
                 tls = ctx.tls.wrap_socket(sock, server_side=True)  # type: ignore[attr-defined]
             except (OSError, socket.timeout) as exc:

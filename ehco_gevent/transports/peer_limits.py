@@ -103,18 +103,20 @@ class HandshakeGate:
     connection is refused at once (closed): cheap for us, and the attacker's connections hold
     slots only until the handshake deadline."""
 
-    def __init__(self, label: str, kind: str, cap: Callable[[], int]):
+    def __init__(self, label: str, kind: str, cap: Callable[[], int],
+                 key: str = "tunnel_max_handshakes"):
         self.label = label
         self.kind = kind
         self.cap = cap
+        self.key = key  # the config key that sets the cap, named in the log line
         self.in_progress = 0
 
     def enter(self, client: str) -> Ticket | None:
         cap = self.cap()
         if self.in_progress >= cap:
             report(logging.WARNING, self.label, "handshake cap",
-                   "%s: %d handshakes in progress (tunnel_max_handshakes); closing new "
-                   "connection from %s", self.kind, cap, client)
+                   "%s: %d handshakes in progress (%s); closing new connection from %s",
+                   self.kind, cap, self.key, client)
             return None
         self.in_progress += 1
         return Ticket(self)
