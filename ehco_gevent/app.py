@@ -22,10 +22,11 @@ import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from . import limits, logs
+from . import logs
 from .addresses import ListenError
 from .config import Config, ConfigError, check_unique_labels, load_config, parse_config
 from .connections import ConnectionRegistry
+from .guards import limits
 from .server import REPEAT_INTERVAL, RelayServer
 from .transports import UnsupportedTransport
 from .version import VERSION
@@ -89,7 +90,7 @@ def apply_flags(cfg: Config, opts: dict[str, Any]) -> Config:
 #:   stop()                      at exit
 SERVICE_FACTORIES: list[str] = [
     "ehco_gevent.observability.metrics:create_service",
-    "ehco_gevent.remote_state:create_service",
+    "ehco_gevent.remotes.state:create_service",
     "ehco_gevent.web:create_service",
     "ehco_gevent.observability.ping:create_service",
     "ehco_gevent.observability.relay_sync:create_service",

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterable
 
-from .limits import KEYS as LIMIT_KEYS, Limits, parse_limits
+from .guards.limits import KEYS as LIMIT_KEYS, Limits, parse_limits
 from .workers import parse_workers
 
 RELAY_TYPES = ("raw", "ws", "wss", "mwss", "mtcp")
@@ -139,7 +139,7 @@ class Config:
     xray_config: dict[str, Any] | None = None
     sync_traffic_endpoint: str = ""
     sync_traffic_interval: int = 60
-    #: deadlines and caps for unauthenticated peers (ehco_gevent.limits, docs/security.md)
+    #: deadlines and caps for unauthenticated peers (ehco_gevent.guards.limits, docs/security.md)
     limits: Limits = field(default_factory=Limits)
     #: beyond ehco 1.1.4: relay worker processes, a number or "auto" (ehco_gevent.workers)
     workers: int | str = 1

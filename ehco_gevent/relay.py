@@ -5,7 +5,7 @@ backs off on EMFILE instead of spinning); each accepted socket gets a greenlet t
 inbound transport unwrap it into streams, picks a remote per stream, dials it and pumps. UDP
 lives in :mod:`ehco_gevent.udp`.
 
-The dial step (issue 12) asks the relay's :class:`~ehco_gevent.balancer.Balancer` for the
+The dial step (issue 12) asks the relay's :class:`~ehco_gevent.remotes.balancer.Balancer` for the
 remotes in the order to try them and dials them in turn within one deadline (``dial_timeout``,
 split evenly over the attempts left, so a remote that accepts and never answers cannot eat it
 all); the client sees a reset only when every remote failed. A relay with one remote dials it
@@ -29,13 +29,13 @@ import time
 import gevent
 from gevent import socket as gsocket
 
-from . import limits
+from .guards import limits
 from .addresses import bind_socket, format_addr
-from .balancer import Balancer
+from .remotes.balancer import Balancer
 from .config import RelayConfig
 from .connections import ConnectionRegistry
-from .health import HealthChecker
-from .listeners import Listener
+from .remotes.health import HealthChecker
+from .guards.listeners import Listener
 from .logs import RateLimitedLogger
 from .pump import pump
 from .transports import make_dialer, make_inbound

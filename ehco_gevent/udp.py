@@ -22,12 +22,12 @@ import time
 import gevent
 from gevent import socket
 
-from . import limits
+from .guards import limits
 from .addresses import format_addr
-from .balancer import Balancer
+from .remotes.balancer import Balancer
 from .config import RelayConfig, split_host_port
 from .connections import Connection, ConnectionRegistry
-from .fairness import Budget
+from .guards.fairness import Budget
 
 log = logging.getLogger("ehco.udp")
 

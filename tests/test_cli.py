@@ -304,7 +304,7 @@ def test_relay_flags_beside_a_config_are_named_as_ignored(tmp_path, ehco, echo_s
     proc = ehco("-c", cfg, "-l", f"127.0.0.1:{flag_port}", "-r", "127.0.0.1:9",
                 env={"EHCO_TRANSPORT_TYPE": "ws"})
     wait_port(port)
-    proc.wait_log(f"-l -r -tt ignored: with -c the config file describes the relays")
+    proc.wait_log("-l -r -tt ignored: with -c the config file describes the relays")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", flag_port), timeout=5).close()
 

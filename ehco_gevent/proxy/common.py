@@ -8,16 +8,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import gevent
 from gevent import socket
 
-from .. import limits
+from ..guards import limits
 from ..connections import ConnectionRegistry
-from ..fairness import Budget
+from ..guards.fairness import Budget
 from ..logs import RateLimitedLogger
 from ..pump import pump
 from ..transports.streams import SocketStream
+from ..transports.peer_limits import HandshakeGate
 from ..transports.raw import dial_tcp
 from .addr import format_target
 from .users import User, UserStore
@@ -44,11 +46,26 @@ class HandshakeTimeout(Exception):
     """The client did not finish its handshake within ``proxy_handshake_timeout``."""
 
 
-def handshake_deadline() -> gevent.Timeout:
-    """A deadline for a client's whole handshake (every read and write of it together, TLS
-    included), so a client trickling one byte at a time cannot hold its socket open."""
+class HandshakeRefused(Exception):
+    """``proxy_max_handshakes`` handshakes were already in progress on the inbound (logged by
+    its gate)."""
+
+
+@contextmanager
+def handshake_deadline(ctx: "Context", client: str):
+    """A client's whole handshake (every read and write of it together, TLS included): one of
+    the inbound's ``proxy_max_handshakes`` slots while it lasts, and a deadline over all of it,
+    so neither a client trickling one byte at a time nor a crowd of silent ones can hold the
+    inbound."""
+    ticket = ctx.gate.enter(client)
+    if ticket is None:
+        raise HandshakeRefused(client)
     seconds = limits.current().proxy_handshake_timeout
-    return gevent.Timeout(seconds, HandshakeTimeout(f"handshake not complete within {seconds:g} s"))
+    try:
+        with gevent.Timeout(seconds, HandshakeTimeout(f"handshake not complete within {seconds:g} s")):
+            yield
+    finally:
+        ticket.release()
 
 
 def refused(name: str, client: str, cause: str, detail: str) -> None:
@@ -65,6 +82,9 @@ class Context:
         self.inbound = inbound
         self.store = store
         self.registry = registry
+        self.gate = HandshakeGate(inbound.name, inbound.protocol,
+                                  lambda: limits.current().proxy_max_handshakes,
+                                  key="proxy_max_handshakes")
 
     @property
     def name(self) -> str:

@@ -112,7 +112,7 @@ REASONS = {400: "Bad Request", 407: "Proxy Authentication Required", 431: "Reque
 def handle_tcp(ctx: Context, sock, client: str) -> None:
     buf = bytearray()
     try:
-        with handshake_deadline():
+        with handshake_deadline(ctx, client):
             head = read_parsed(sock, buf, parse_head)
         if head is None:
             return

@@ -18,11 +18,11 @@ from gevent.server import StreamServer
 
 from ..addresses import ListenError, bind_socket, format_addr
 from ..config import Config, ConfigError
-from ..listeners import Listener
+from ..guards.listeners import Listener
 from ..relay import PROXY_HEADER_TIMEOUT, limited
 from ..transports import proxy_protocol
 from ..transports.streams import SocketStream
-from .common import Context, HandshakeTimeout, refused
+from .common import REFUSED, Context, HandshakeRefused, HandshakeTimeout, refused
 from .users import STORE, UserStore
 from .xray_config import Inbound, XrayConfig, parse_xray_config
 
@@ -111,6 +111,8 @@ class InboundServer:
             self._handler(self.ctx, sock, client)
         except HandshakeTimeout as exc:
             refused(self.ctx.name, client, "handshake_timeout", f"{exc}, connection closed")
+        except HandshakeRefused:
+            REFUSED["handshake_cap"] += 1  # its gate logged it (at most once per interval)
         except Exception as exc:  # one bad client ends its own connection only
             log.debug("proxy %s: %s: %s: %s", self.ctx.name, client, type(exc).__name__, exc)
         finally:

@@ -18,7 +18,7 @@ from gevent import socket
 from . import aead
 from ..addresses import format_addr
 from .addr import AddressError, encode_address, format_target, parse_address
-from ..fairness import Budget
+from ..guards.fairness import Budget
 from .common import (DRAIN_MAX_BYTES, Context, drain, handshake_deadline, recv_at_least,
                      refused)
 from .users import User
@@ -130,7 +130,7 @@ def handle_tcp(ctx: Context, sock, client: str) -> None:
         _ignore(ctx, sock, client)
         return
     try:
-        with handshake_deadline():
+        with handshake_deadline(ctx, client):
             result = _handshake(ctx, sock, client, users)
     except (OSError, socket.timeout) as exc:
         log.debug("proxy %s: %s: handshake failed: %s", ctx.name, client, exc)

@@ -15,7 +15,7 @@ import gevent
 from gevent import socket
 
 from .addr import AddressError, encode_address, parse_address
-from ..fairness import Budget
+from ..guards.fairness import Budget
 from .common import Context, handshake_deadline, read_parsed
 
 log = logging.getLogger("ehco.proxy.socks")
@@ -132,7 +132,7 @@ def authenticate(ctx: Context, sock, buf: bytearray) -> bool:
 def handle_tcp(ctx: Context, sock, client: str) -> None:
     buf = bytearray()
     try:
-        with handshake_deadline():
+        with handshake_deadline(ctx, client):
             if not authenticate(ctx, sock, buf):
                 log.debug("proxy %s: %s: socks authentication failed", ctx.name, client)
                 return

@@ -22,8 +22,8 @@ from ..transports.streams import SocketStream
 from ..transports.tls import new_server_context, server_context
 from ..transports.raw import dial_tcp
 from .addr import AddressError, encode_address, parse_address
-from .. import limits
-from ..fairness import Budget
+from ..guards import limits
+from ..guards.fairness import Budget
 from .common import Context, handshake_deadline
 
 log = logging.getLogger("ehco.proxy.trojan")
@@ -128,7 +128,7 @@ def setup(ctx: Context) -> None:
 def handle_tcp(ctx: Context, sock, client: str) -> None:
     tls = None
     try:
-        with handshake_deadline():  # TLS, hash line and request together
+        with handshake_deadline(ctx, client):  # TLS, hash line and request together
             try:
                 tls = ctx.tls.wrap_socket(sock, server_side=True)  # type: ignore[attr-defined]
             except (OSError, socket.timeout) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .. import limits
+from ..guards import limits
 from ..config import RelayConfig, remote_host_port
 from . import sniff
 from .peer_limits import HandshakeGate, SessionGuard

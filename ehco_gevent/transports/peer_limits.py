@@ -5,7 +5,7 @@ Anyone can connect to a tunnel listener (mtcp has no authentication at all; ws a
 path). So a peer gets what a real client needs and no more: a deadline and a cap on handshakes
 in progress, a cap on open streams and on the rate of new ones, a budget for frames that carry
 nothing, and an idle deadline for a session that has carried streams. The values are config
-keys (:mod:`ehco_gevent.limits`, docs/security.md). Every close for one of these causes is
+keys (:mod:`ehco_gevent.guards.limits`, docs/security.md). Every close for one of these causes is
 logged through one :class:`~ehco_gevent.logs.RateLimitedLogger`, keyed by relay and cause: an
 attacker repeating a cause gets one line per interval, never one per connection.
 """
@@ -18,7 +18,7 @@ from typing import Callable
 
 import gevent
 
-from ..limits import Limits
+from ..guards.limits import Limits
 from ..logs import RateLimitedLogger
 
 log = logging.getLogger("ehco.limits")
@@ -103,18 +103,20 @@ class HandshakeGate:
     connection is refused at once (closed): cheap for us, and the attacker's connections hold
     slots only until the handshake deadline."""
 
-    def __init__(self, label: str, kind: str, cap: Callable[[], int]):
+    def __init__(self, label: str, kind: str, cap: Callable[[], int],
+                 key: str = "tunnel_max_handshakes"):
         self.label = label
         self.kind = kind
         self.cap = cap
+        self.key = key  # the config key that sets the cap, named in the log line
         self.in_progress = 0
 
     def enter(self, client: str) -> Ticket | None:
         cap = self.cap()
         if self.in_progress >= cap:
             report(logging.WARNING, self.label, "handshake cap",
-                   "%s: %d handshakes in progress (tunnel_max_handshakes); closing new "
-                   "connection from %s", self.kind, cap, client)
+                   "%s: %d handshakes in progress (%s); closing new connection from %s",
+                   self.kind, cap, self.key, client)
             return None
         self.in_progress += 1
         return Ticket(self)

@@ -43,8 +43,8 @@ from gevent.lock import Semaphore
 from gevent.pool import Group
 from gevent.queue import Queue
 
-from .. import limits as _limits
-from ..fairness import Budget
+from ..guards import limits as _limits
+from ..guards.fairness import Budget
 from .peer_limits import OverBudget, SessionGuard
 from .sniff import mismatch_log
 from .streams import buffers

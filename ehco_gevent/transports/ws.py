@@ -22,7 +22,7 @@ import gevent
 
 from . import sniff
 from . import websocket as wsproto
-from .. import limits
+from ..guards import limits
 from ..config import RelayConfig, remote_host_port
 from .peer_limits import HandshakeGate, SessionGuard
 from .smux import SessionPool, serve_session
@@ -34,7 +34,7 @@ from .raw import DIAL_TIMEOUT, dial_tcp, tune
 log = logging.getLogger("ehco.ws")
 
 #: the dial side's budget for the server's answer (the accepting side reads the
-#: ``ws_handshake_timeout`` config key, see ehco_gevent.limits; both default to ehco's 10 s)
+#: ``ws_handshake_timeout`` config key, see ehco_gevent.guards.limits; both default to ehco's 10 s)
 HANDSHAKE_TIMEOUT = 10.0
 PATHS = {"ws": "/ws/", "wss": "/wss/", "mwss": "/mwss/"}
 KINDS = {path: kind for kind, path in PATHS.items()}

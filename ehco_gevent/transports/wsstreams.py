@@ -28,8 +28,8 @@ import gevent
 from gevent import ssl
 
 from . import websocket as wsproto
-from .. import limits
-from ..fairness import Budget
+from ..guards import limits
+from ..guards.fairness import Budget
 from .peer_limits import EmptyFrameBudget, OverBudget
 from .streams import buffers, wait_socket_readable
 

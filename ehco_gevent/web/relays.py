@@ -4,7 +4,7 @@ feed (``/api/v1/traffic/``).
 Each row carries what an operator checks first: where the relay listens and how (listen and
 transport types), each remote with what its last dial did (latency, or the error), the open
 connections, the bytes moved and the failed dials. The remotes' dial record is the balancer's
-(:mod:`ehco_gevent.balancer`, shown raw at ``/api/v1/relays/``); the bytes come from the
+(:mod:`ehco_gevent.remotes.balancer`, shown raw at ``/api/v1/relays/``); the bytes come from the
 connection registry. This module only reads both and names a status, so a relay whose remote
 refuses every dial reads ``failing``, not idle. Plain functions over dicts, tested without
 sockets.
@@ -61,7 +61,7 @@ def relay_status(remotes: list[dict]) -> str:
 
 
 def relay_rows(states: Iterable[dict], totals: dict[tuple[str, str], list[int]]) -> list[dict]:
-    """Rows from :func:`ehco_gevent.remote_state.relay_states` (each running relay and its
+    """Rows from :func:`ehco_gevent.remotes.state.relay_states` (each running relay and its
     remotes' balancer state) and the registry's ``totals()`` ((remote label, type) -> [up,
     down] bytes)."""
     rows = []
@@ -103,6 +103,6 @@ def relay_rows(states: Iterable[dict], totals: dict[tuple[str, str], list[int]])
 
 def table(app: Any) -> list[dict]:
     """The running relays' rows."""
-    from ..remote_state import relay_states
+    from ..remotes.state import relay_states
 
     return relay_rows(relay_states(app), app.registry.totals())

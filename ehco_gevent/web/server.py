@@ -11,9 +11,9 @@ few seconds would each hold a socket forever. Here:
   of the previous answer, or the connection is closed (one log line per interval says so);
 - at most ``web_max_connections`` connections are served at once; the rest wait in the
   kernel's accept queue, so the web server can never take the relays' file descriptors;
-- accept errors (EMFILE...) are one log line, not a gevent traceback (:mod:`ehco_gevent.listeners`).
+- accept errors (EMFILE...) are one log line, not a gevent traceback (:mod:`ehco_gevent.guards.listeners`).
 
-The limits are read per connection from :func:`ehco_gevent.limits.current`.
+The limits are read per connection from :func:`ehco_gevent.guards.limits.current`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
 
-from .. import limits
+from ..guards import limits
 from ..addresses import format_addr
-from ..listeners import QuietAccept
+from ..guards.listeners import QuietAccept
 from ..logs import RateLimitedLogger
 
 log = logging.getLogger("ehco.web")

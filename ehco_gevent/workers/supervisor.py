@@ -41,7 +41,7 @@ import gevent
 from gevent import socket, subprocess
 from gevent.lock import Semaphore
 
-from .. import limits as node_limits
+from ..guards import limits as node_limits
 from ..addresses import ListenError
 from ..config import ConfigError, RelayConfig
 from ..connections import Connection, ConnectionRegistry

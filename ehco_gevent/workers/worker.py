@@ -27,7 +27,7 @@ from gevent import socket
 from gevent.event import Event
 
 from .. import addresses, logs
-from .. import limits as node_limits
+from ..guards import limits as node_limits
 from ..config import RelayConfig
 from ..connections import Connection, ConnectionRegistry
 from ..server import RelayServer

@@ -5,7 +5,6 @@ the node's memory and fds come back once the attackers leave."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest

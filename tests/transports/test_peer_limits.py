@@ -8,7 +8,7 @@ import logging
 import gevent
 import pytest
 
-from ehco_gevent.limits import Limits
+from ehco_gevent.guards.limits import Limits
 from ehco_gevent.transports import websocket as wsproto
 from ehco_gevent.transports.peer_limits import HandshakeGate, SessionGuard, TokenBucket
 from ehco_gevent.transports.smux import FIN, NOP, PSH, SYN, Session, encode_frame
@@ -169,7 +169,7 @@ def test_stream_rate_slows_the_peer_but_loses_no_stream(caplog):
 
 # -- WebSocket frames ------------------------------------------------------------------------------
 def test_ping_flood_on_a_frame_stream_is_cut(monkeypatch, caplog):
-    from ehco_gevent import limits
+    from ehco_gevent.guards import limits
 
     monkeypatch.setattr(limits, "_CURRENT", Limits(empty_frames_per_second=50))
     a, b = tcp_pair()

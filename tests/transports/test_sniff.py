@@ -5,7 +5,6 @@ at once instead of being held until the 10 s handshake timeout."""
 
 import os
 import socket
-import time
 
 import pytest
 
@@ -124,7 +123,7 @@ def straight_to_b(nodes, kind, data):
                                         (SSH, "got an SSH banner")], ids=["tls", "ssh"])
 def test_non_http_bytes_on_a_ws_port_are_closed_at_once(nodes, data, named):
     straight_to_b(nodes, "ws", data)
-    nodes["b"].wait_log(f"relay b-ws: ws listener closed 127.0.0.1:")
+    nodes["b"].wait_log("relay b-ws: ws listener closed 127.0.0.1:")
     nodes["b"].wait_log(named)
 
 

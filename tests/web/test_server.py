@@ -7,7 +7,7 @@ import gevent
 import pytest
 from gevent import socket
 
-from ehco_gevent import limits
+from ehco_gevent.guards import limits
 from ehco_gevent.web.server import WebServer
 from tests.support import read_until_closed
 

@@ -11,7 +11,6 @@ ours too."""
 from __future__ import annotations
 
 import re
-import time
 from collections import defaultdict
 
 import pytest

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from ehco_gevent.balancer import Balancer
+from ehco_gevent.remotes.balancer import Balancer
 
 
 class Clock:

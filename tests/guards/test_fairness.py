@@ -2,7 +2,7 @@
 
 import gevent
 
-from ehco_gevent.fairness import Budget
+from ehco_gevent.guards.fairness import Budget
 from tests.support import gevent_tcp_pair
 
 

@@ -23,6 +23,9 @@ class Limits:
     #: seconds an inbound proxy (http, socks, trojan, shadowsocks) client has to finish its
     #: whole handshake (TLS included) and name its target
     proxy_handshake_timeout: float = 30.0
+    #: unauthenticated handshakes in progress at once per proxy inbound; a connection beyond
+    #: it is closed at once (the slots free up as handshakes finish or hit their deadline)
+    proxy_max_handshakes: int = 256
     #: seconds a ws/wss/mwss client has for the whole upgrade (TLS included); ehco's was 10 s
     ws_handshake_timeout: float = 10.0
     #: receive buffer asked for every UDP listening socket, bytes (the kernel caps it at

@@ -8,7 +8,7 @@ sources, and :meth:`Balancer.candidates` returns the order in which to try the r
   remote; ``max_fails`` failures within ``fail_timeout`` seconds mark it down for
   ``fail_timeout`` seconds, after which real traffic tries it again (a success clears the count);
 * **active** (``health_check``, off by default, haproxy's rise/fall): probes from
-  :mod:`ehco_gevent.health` set ``checked_up`` after ``rise`` passes or ``fall`` failures.
+  :mod:`ehco_gevent.remotes.health` set ``checked_up`` after ``rise`` passes or ``fall`` failures.
 
 A remote is *up* when neither source says down. Candidates are the up remotes in the order the
 strategy gives, then the down ones (a last resort within the same dial deadline). When every
@@ -33,7 +33,7 @@ import time
 import zlib
 from typing import Callable, Sequence
 
-from .config import LB_STRATEGIES, RelayConfig
+from ..config import LB_STRATEGIES, RelayConfig
 
 log = logging.getLogger("ehco.balancer")
 

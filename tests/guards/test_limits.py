@@ -1,9 +1,9 @@
-"""The limits config keys (ehco_gevent.limits): defaults, validation naming the key, and the
+"""The limits config keys (ehco_gevent.guards.limits): defaults, validation naming the key, and the
 running value following the loaded config."""
 
 import pytest
 
-from ehco_gevent import limits
+from ehco_gevent.guards import limits
 from ehco_gevent.config import ConfigError, parse_config
 
 

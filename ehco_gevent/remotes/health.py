@@ -1,5 +1,5 @@
 """Active health checks (``health_check``): one greenlet per remote of a relay probes it every
-``interval`` seconds and reports to the relay's :class:`~ehco_gevent.balancer.Balancer`.
+``interval`` seconds and reports to the relay's :class:`~ehco_gevent.remotes.balancer.Balancer`.
 
 The probe is what a real connection does, through the relay's own dialer: a TCP connect for
 raw; the WebSocket upgrade for ws; TLS plus the upgrade for wss; for mwss and mtcp a stream
@@ -21,7 +21,7 @@ import gevent
 from gevent.pool import Group
 
 from .balancer import Balancer, RemoteState
-from .config import HealthCheck
+from ..config import HealthCheck
 
 log = logging.getLogger("ehco.health")
 

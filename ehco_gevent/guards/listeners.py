@@ -16,7 +16,7 @@ import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from .logs import RateLimitedLogger
+from ..logs import RateLimitedLogger
 
 log = logging.getLogger("ehco.accept")
 

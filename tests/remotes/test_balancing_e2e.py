@@ -14,7 +14,7 @@ import socket
 import time
 import urllib.request
 
-from .support import (EchoServer, free_port, parallel_roundtrips, roundtrip, wait_port,
+from ..support import (EchoServer, free_port, parallel_roundtrips, roundtrip, wait_port,
                       write_config)
 
 LO = "127.0.0.1"
@@ -244,7 +244,7 @@ def test_reload_changing_balancing_keys_keeps_open_connections(ehco, echo_server
 
 
 def test_a_bad_balancing_key_exits_2_naming_file_relay_and_key(tmp_path):
-    from .test_cli import assert_clean_failure, run_ehco
+    from ..test_cli import assert_clean_failure, run_ehco
 
     cfg = write_config(tmp_path, {"relay_configs": [{
         "listen": f"{LO}:1", "label": "lb", "tcp_remotes": [f"{LO}:2"],
@@ -288,7 +288,7 @@ def test_ws_health_check_fails_a_remote_that_never_answers_the_upgrade(ehco, tmp
 def test_udp_sessions_follow_the_strategy_and_skip_an_unreachable_remote(ehco, tmp_path):
     """failover over two UDP remotes whose first has no listener: the ICMP unreachable marks
     it down and ends the session; the client's retry is answered by the second."""
-    from .support import UDPEchoServer, free_tcp_udp_port
+    from ..support import UDPEchoServer, free_tcp_udp_port
 
     echo = UDPEchoServer()
     dead = free_port(socket.SOCK_DGRAM)

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 def relay_states(app: Any) -> list[dict]:
     """Every running relay with its strategy, its health-check settings and each remote's
-    state (see :meth:`ehco_gevent.balancer.RemoteState.to_json`)."""
+    state (see :meth:`ehco_gevent.remotes.balancer.RemoteState.to_json`)."""
     out = []
     for label, relay in list(app.relays.relays.items()):
         cfg = relay.cfg
@@ -75,7 +75,7 @@ class RemoteCollector:
 class RemoteStateService:
     def __init__(self, app: Any):
         self.app = app
-        from .observability.metrics import metrics_for
+        from ..observability.metrics import metrics_for
 
         metrics_for(app).add(RemoteCollector(app))
 
