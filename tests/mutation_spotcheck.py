@@ -3,7 +3,7 @@
 Run before resolving an issue that touches the data path (docs/testing.md):
 
     python tests/mutation_spotcheck.py            # every mutant
-    python tests/mutation_spotcheck.py pump-stops  # one, by name
+    python tests/mutation_spotcheck.py no-half-close  # one, by name
 
 Each mutant names the exact text it replaces, so a refactor that moves that text makes the
 script say "not applicable" instead of silently testing nothing. The copy is a `git worktree`
@@ -39,8 +39,8 @@ MUTANTS = [
            'u.protocol == "trojan" and u.enable}',
            ("tests/proxy/test_trojan.py",)),
     Mutant("pump-stops-when-server-direction-ends", "ehco_gevent/pump.py",
-           "            if exc is not None:",
-           "            if exc is not None or done is backward:",
+           "        if exc is not None:\n            get_hub().loop.run_callback(self._interrupt)",
+           "        if True:\n            get_hub().loop.run_callback(self._interrupt)",
            ("tests/transports/test_ws.py", "tests/transports/test_mtcp.py",
             "tests/test_relay_e2e.py")),
     Mutant("no-half-close", "ehco_gevent/pump.py",
