@@ -209,6 +209,16 @@ def _greeter(session):
     stream.shutdown_write()
 
 
+def _assert_greeted(peer, session):
+    """The peer got the greeting and the FIN on stream 3, nothing else; closes the session."""
+    got = b""
+    peer.settimeout(5)
+    while len(got) < 8 + 9 + 8:
+        got += peer.recv(4096)
+    assert FrameDecoder().feed(got) == [(PSH, 3, b"220 hello"), (FIN, 3, b"")]
+    session.close()
+
+
 def test_first_answer_waits_until_the_peer_has_spoken(monkeypatch):
     """Go's smux registers a stream only after writing its SYN and drops what arrives between:
     our first frame on a stream the peer opened waits until the peer has sent on it."""
@@ -225,12 +235,7 @@ def test_first_answer_waits_until_the_peer_has_spoken(monkeypatch):
     peer.setblocking(True)
     peer.sendall(encode_frame(PSH, 3, b"EHLO"))  # the peer speaks: it has the stream now
     greeter.get(timeout=5)
-    got = b""
-    peer.settimeout(5)
-    while len(got) < 8 + 9 + 8:
-        got += peer.recv(4096)
-    assert FrameDecoder().feed(got) == [(PSH, 3, b"220 hello"), (FIN, 3, b"")]
-    session.close()
+    _assert_greeted(peer, session)
 
 
 def test_first_answer_to_a_silent_peer_goes_after_the_grace():
@@ -238,12 +243,7 @@ def test_first_answer_to_a_silent_peer_goes_after_the_grace():
     greeter = gevent.spawn(_greeter, session)
     peer.sendall(encode_frame(SYN, 3))
     greeter.get(timeout=5)
-    got = b""
-    peer.settimeout(5)
-    while len(got) < 8 + 9 + 8:
-        got += peer.recv(4096)
-    assert FrameDecoder().feed(got) == [(PSH, 3, b"220 hello"), (FIN, 3, b"")]
-    session.close()
+    _assert_greeted(peer, session)
 
 
 def test_ten_thousand_syns_are_bounded():
