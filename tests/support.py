@@ -297,6 +297,32 @@ class UDPEchoServer:
         self.sock.close()
 
 
+def exchange(sock: socket.socket, payload: bytes, half_close: bool = True) -> bytes:
+    """Send payload and read the echo back: until EOF after a half-close, or (for clients such
+    as ss-local that close both ways on the first EOF) until as many bytes came back."""
+    errors = []
+
+    def writer():
+        try:
+            sock.sendall(payload)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    out = bytearray()
+    while half_close or len(out) < len(payload):
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        out += chunk
+    t.join()
+    assert not errors, errors
+    return bytes(out)
+
+
 def roundtrip(port: int, payload: bytes, host: str = LOOPBACK, greeting: bytes = b"",
               timeout: float = 60.0) -> bytes:
     """Send payload, half-close, read everything back (after an expected greeting)."""
@@ -309,26 +335,7 @@ def roundtrip(port: int, payload: bytes, host: str = LOOPBACK, greeting: bytes =
                     break
                 received += chunk
             assert bytes(received) == greeting
-            received.clear()
-        errors: list = []
-
-        def writer() -> None:
-            try:
-                conn.sendall(payload)
-                conn.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=writer)
-        t.start()
-        while True:
-            chunk = conn.recv(1 << 20)
-            if not chunk:
-                break
-            received += chunk
-        t.join()
-        assert not errors, errors
-        return bytes(received)
+        return exchange(conn, payload)
 
 
 def parallel_roundtrips(port: int, payloads: list[bytes], host: str = LOOPBACK,

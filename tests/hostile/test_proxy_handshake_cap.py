@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import socket
 
-from tests.proxy.helpers import exchange, socks5_connect
-from tests.support import LOOPBACK, EchoServer, free_port, wait_for, wait_port, write_config
+from tests.proxy.helpers import socks5_connect
+from tests.support import (EchoServer, LOOPBACK, exchange, free_port, wait_for,
+                           wait_port, write_config)
 
 CAP = 5
 

@@ -14,8 +14,9 @@ import pytest
 import requests
 
 from ehco_gevent.transports import websocket as wsproto
-from tests.proxy.helpers import assert_closed_by_server, exchange, socks5_connect
-from tests.support import EchoServer, EhcoProcess, LOOPBACK, free_port, roundtrip, wait_port, write_config
+from tests.proxy.helpers import assert_closed_by_server, socks5_connect
+from tests.support import (EchoServer, EhcoProcess, LOOPBACK, exchange, free_port,
+                           roundtrip, wait_port, write_config)
 from tests.hostile.slow import LONG, Prober, SlowClients, run_together, size
 
 DRIP = 2.0 if LONG else 1.0

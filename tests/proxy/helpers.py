@@ -67,32 +67,6 @@ def socks5_udp_packet(host: str, port: int, data: bytes) -> bytes:
     return b"\x00\x00\x00\x01" + socket.inet_aton(host) + struct.pack(">H", port) + data
 
 
-def exchange(sock: socket.socket, payload: bytes, half_close: bool = True) -> bytes:
-    """Send payload and read the echo back: until EOF after a half-close, or (for clients such
-    as ss-local that close both ways on the first EOF) until as many bytes came back."""
-    errors = []
-
-    def writer():
-        try:
-            sock.sendall(payload)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=writer)
-    t.start()
-    out = bytearray()
-    while half_close or len(out) < len(payload):
-        chunk = sock.recv(1 << 20)
-        if not chunk:
-            break
-        out += chunk
-    t.join()
-    assert not errors
-    return bytes(out)
-
-
 class Program:
     """An outside program run for one test, stopped by its PID."""
 

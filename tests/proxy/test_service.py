@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from tests.proxy.helpers import exchange, socks5_connect
+from tests.proxy.helpers import socks5_connect
 from tests.proxy.test_shadowsocks import Reader, raw_ss_connect, read_reply
 from tests.support import (
     LOOPBACK,
+    exchange,
     free_port,
     free_tcp_udp_port,
     wait_port,

@@ -8,14 +8,13 @@ import requests
 
 from ehco_gevent.proxy import aead
 from tests.proxy.helpers import (
-    exchange,
     socks5_connect,
     socks5_udp_associate,
     socks5_udp_packet,
     start_ss_local,
 )
-from tests.support import (LOOPBACK, free_port, free_tcp_udp_port, read_until_closed, sha, wait_for,
-                           wait_port, write_config)
+from tests.support import (LOOPBACK, exchange, free_port, free_tcp_udp_port, read_until_closed,
+                           sha, wait_for, wait_port, write_config)
 
 USERS = {"aes-128-gcm": "pw-aes128", "aes-256-gcm": "pw-aes256",
          "chacha20-ietf-poly1305": "pw-chacha"}

@@ -7,16 +7,11 @@ import subprocess
 import pytest
 
 from ehco_gevent.proxy import http_proxy, socks
-from tests.proxy.helpers import (
-    exchange,
-    recv_exact,
-    socks5_connect,
-    socks5_udp_associate,
-    socks5_udp_packet,
-)
+from tests.proxy.helpers import recv_exact, socks5_connect, socks5_udp_associate, socks5_udp_packet
 from tests.support import (
     BlobHTTPServer,
     LOOPBACK,
+    exchange,
     free_port,
     require_program,
     sha,

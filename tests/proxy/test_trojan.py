@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ehco_gevent.transports import tls
 from ehco_gevent.proxy import trojan
 from tests.proxy.helpers import (
-    exchange,
     recv_exact,
     socks5_connect,
     socks5_udp_associate,
@@ -21,8 +20,9 @@ from tests.proxy.helpers import (
     start_trojan_client,
 )
 from tests.support import (
-    LOOPBACK,
     EchoServer,
+    LOOPBACK,
+    exchange,
     free_port,
     read_until_closed,
     sha,
