@@ -54,6 +54,9 @@ class Limits:
     #: closed streams; WebSocket ping, pong and empty frames); burst: 1 s worth.
     #: A session over it is closed
     empty_frames_per_second: float = 1000.0
+    #: seconds the TCP connection of a session cut for flooding is kept open and unread
+    #: before it is reset (guards/penalty.py): the flooder waits instead of reconnecting
+    flood_hold_seconds: float = 10.0
 
 
 KEYS = frozenset(f.name for f in fields(Limits))

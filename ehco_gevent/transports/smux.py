@@ -44,6 +44,7 @@ from gevent.pool import Group
 from gevent.queue import Queue
 
 from ..guards import limits as _limits
+from ..guards import penalty
 from ..guards.fairness import Budget
 from .peer_limits import OverBudget, SessionGuard
 from .sniff import mismatch_log
@@ -352,6 +353,7 @@ class Session:
                 fair.spend(READ_COST)
         except OverBudget as exc:
             log.debug("smux session %r: over the empty-frame budget (%s)", self, exc)
+            penalty.hold(self.conn)
         except SmuxError as exc:
             log.debug("smux session %r: protocol error: %s", self, exc)
             if self.client:  # our remote answered with something else: the operator's mistake

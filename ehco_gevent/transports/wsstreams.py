@@ -29,6 +29,7 @@ from gevent import ssl
 
 from . import websocket as wsproto
 from ..guards import limits
+from ..guards import penalty
 from ..guards.fairness import Budget
 from .peer_limits import EmptyFrameBudget, OverBudget
 from .streams import buffers, wait_socket_readable
@@ -270,9 +271,11 @@ class FramedStream:
         try:
             self._empty.spend(what)
         except OverBudget:
+            penalty.hold(self.inner)
             raise wsproto.FrameError(f"over the empty-frame budget ({what})") from None
 
     def _handle(self, frames) -> None:
+        ping = None  # the payload of the latest ping not answered yet (see _pong)
         for fin, opcode, payload in frames:
             if not payload and not (opcode == wsproto.OP_BINARY and fin and not self._peer_done):
                 self._empty_frame(f"opcode {opcode:#x} without payload")
@@ -280,17 +283,26 @@ class FramedStream:
                 self._empty_frame("ping" if opcode == wsproto.OP_PING else "pong")
             if opcode == wsproto.OP_BINARY and fin and not payload:
                 self._peer_done = True  # the peer's end-of-writing marker
+                ping = self._pong(ping)
                 self._maybe_send_close()
             elif opcode in (wsproto.OP_BINARY, wsproto.OP_TEXT, wsproto.OP_CONT):
                 if payload:
                     self._ready.append(memoryview(payload))
             elif opcode == wsproto.OP_PING:
-                if not self._close_sent:
-                    self.inner.sendall(wsproto.encode_frame(wsproto.OP_PONG, payload,
-                                                            masked=self.client))
+                ping = payload
             elif opcode == wsproto.OP_CLOSE:
                 self._peer_done = True
+                ping = self._pong(ping)
                 self._maybe_send_close()
+        self._pong(ping)
+
+    def _pong(self, ping) -> None:
+        """Answer the latest ping of a batch (None: there was none), before any close frame.
+        RFC 6455 5.5.3: pings that arrive before we answered may get one pong, for the
+        latest, so a burst of pings costs one write, not one each."""
+        if ping is not None and not self._close_sent:
+            self.inner.sendall(wsproto.encode_frame(wsproto.OP_PONG, ping, masked=self.client))
+        return None
 
     def wait_readable(self) -> None:
         if not (self._ready or self._peer_done):

@@ -32,6 +32,8 @@ LONG_MODE = (os.environ.get("EHCO_HOSTILE_LONG") == "1"
 FLOOD_SECONDS = float(os.environ.get("EHCO_HOSTILE_SECONDS") or (20 if LONG_MODE else 3))
 #: a probe that takes this long has timed out (the issue saw every probe time out at 10 s)
 PROBE_TIMEOUT = 10.0
+#: seconds between two probe rounds, unloaded and under attack alike
+PROBE_INTERVAL = 0.05
 
 NOP_FRAME = encode_frame(NOP, 0)
 #: data for a stream nobody opened
@@ -161,7 +163,7 @@ class Probes(threading.Thread):
     """Every ``interval`` s: one echo probe and one metrics probe; keeps latencies and
     failures (a timeout is a failure)."""
 
-    def __init__(self, echo_port: int, web_port: int, interval: float = 0.05):
+    def __init__(self, echo_port: int, web_port: int, interval: float = PROBE_INTERVAL):
         super().__init__(daemon=True)
         self.echo_port = echo_port
         self.web_port = web_port
@@ -194,11 +196,18 @@ class Probes(threading.Thread):
         return max(self.latency[name])
 
 
-def baseline(echo_port: int, web_port: int, count: int = 20) -> Probes:
-    """Unloaded latencies: ``count`` probes in a row."""
+def baseline(echo_port: int, web_port: int, count: int = 40) -> Probes:
+    """Unloaded latencies: ``count`` probes paced exactly as the loaded ones (a thread, one
+    round every PROBE_INTERVAL). Back-to-back probes would be about 5 x faster than paced ones
+    on a quiet machine (the processes never go idle between them), which is no baseline for
+    paced probes under attack."""
     probes = Probes(echo_port, web_port)
-    for _ in range(count):
-        probes.once()
+    probes.start()
+    deadline = time.monotonic() + count * (PROBE_INTERVAL + 2 * PROBE_TIMEOUT)
+    while len(probes.latency["echo"]) < count and time.monotonic() < deadline:
+        time.sleep(PROBE_INTERVAL)
+    probes.stop()
+    assert not probes.failures, probes.failures[:5]
     return probes
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from . import attack
 from ..support import LOOPBACK, EchoServer, EhcoProcess, free_port, wait_port, write_config
 
 #: limits the node runs with: small deadlines and caps so the tests see them act quickly
@@ -14,6 +15,10 @@ NODE_LIMITS = {
     "smux_handshake_timeout": 1.5,
     "smux_max_streams": 4,
     "tunnel_max_handshakes": 600,
+    # a flooder's cut connection is held this long before its reset: the default (10 s) in
+    # the long mode, whose timings are the ones an operator gets; 1 s in the short CI floods,
+    # so that each sees the attacker cut and coming back
+    "flood_hold_seconds": 10.0 if attack.LONG_MODE else 1.0,
 }
 #: relay label -> listen type; one relay per attack, so each attack's rate-limited log line
 #: (one per relay and cause per 10 s) is its own

@@ -14,6 +14,7 @@ import functools
 from ehco_gevent.transports.smux import FIN, PSH, encode_frame
 
 from . import attack
+from .conftest import NODE_LIMITS
 
 BUDGET_LINE = "empty frames a second (empty_frames_per_second"
 BULK = 32 * 1024 * 1024
@@ -39,6 +40,10 @@ def flood_while_probing(node, label: str, attacker: attack.Attack, what: str):
     assert not probes.failures, probes.failures[:5]
     assert probes.latency["echo"] and probes.latency["metrics"]
     assert attacker.sent > 0 and attacker.cut >= 1, "the flooding session was never closed"
+    # each cut connection was held (flood_hold_seconds) before its reset: the flooder waited
+    # instead of coming back at once (it came back ~600 times a second before the hold)
+    hold = NODE_LIMITS["flood_hold_seconds"]
+    assert attacker.cut <= attack.FLOOD_SECONDS / hold + 3, attacker.cut
     # one line per cause per 10 s however many sessions were cut
     lines = len(node.log_lines(f"relay {label}: ", BUDGET_LINE))
     print(f"{what}: {attacker.sent / 1e6:.0f} MB of junk sent, {attacker.cut} sessions cut, "

@@ -4,6 +4,7 @@ WebSocket frame streams under them in-process, on real loopback TCP."""
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 import pytest
@@ -60,13 +61,28 @@ def guarded_session(label: str, **limits):
     return Session(SocketStream(b), client=False, guard=guard), a
 
 
-def test_nop_flood_closes_the_session_with_one_line(caplog):
+#: flood_hold_seconds in these tests: long enough to see, short enough to wait for
+HOLD = 0.5
+
+
+@pytest.fixture(autouse=True)
+def short_hold(monkeypatch):
+    from ehco_gevent.guards import limits
+
+    monkeypatch.setattr(limits, "_CURRENT", Limits(flood_hold_seconds=HOLD))
+
+
+def test_nop_flood_closes_the_session_with_one_line_and_holds_the_connection(caplog):
     session, peer = guarded_session("nop-test", empty_frames_per_second=100)
     with caplog.at_level(logging.INFO, "ehco.limits"):
         writer = gevent.spawn(peer.sendall, encode_frame(NOP, 0) * 100_000)
-        read_until_closed(peer)
+        with gevent.Timeout(5):
+            while not session.closed:
+                gevent.sleep(0.01)
+        cut = time.monotonic()
+        read_until_closed(peer)  # a reset, once the hold is over
         writer.kill()
-    assert session.closed
+    assert time.monotonic() - cut >= HOLD * 0.8  # the flooder waited instead of reconnecting
     lines = [r.getMessage() for r in caplog.records if "nop-test" in r.getMessage()]
     assert len(lines) == 1 and "empty_frames_per_second; last: NOP" in lines[0]
 
@@ -171,7 +187,8 @@ def test_stream_rate_slows_the_peer_but_loses_no_stream(caplog):
 def test_ping_flood_on_a_frame_stream_is_cut(monkeypatch, caplog):
     from ehco_gevent.guards import limits
 
-    monkeypatch.setattr(limits, "_CURRENT", Limits(empty_frames_per_second=50))
+    monkeypatch.setattr(limits, "_CURRENT", Limits(empty_frames_per_second=50,
+                                                   flood_hold_seconds=HOLD))
     a, b = tcp_pair()
     stream = FramedStream(SocketStream(b), client=False, label="ping-test", peer="peer:2")
     ping = wsproto.encode_frame(wsproto.OP_PING, b"p", masked=True)

@@ -183,3 +183,21 @@ def test_frames_large_writes_are_split_below_the_peers_limit():
     assert [len(p) for _, _, p in frames] == [FramedStream.SEND_FRAME] * 2 + [3, 0]
     client.close()
     b.close()
+
+
+def test_frames_a_burst_of_pings_gets_one_pong_for_the_latest():
+    """RFC 6455 5.5.3 lets pings not answered yet share one pong: a ping flood costs one write
+    per read, not one per ping."""
+    a, b = tcp_pair()
+    server = FramedStream(SocketStream(b), client=False)
+    pings = b"".join(wsproto.encode_frame(wsproto.OP_PING, b"p%d" % i, masked=True)
+                     for i in range(5))
+    a.sendall(pings + wsproto.encode_frame(wsproto.OP_BINARY, b"data", masked=True))
+    buf = bytearray(16)
+    with gevent.Timeout(5):
+        assert server.recv_into(buf) == 4 and bytes(buf[:4]) == b"data"
+    a.settimeout(5)
+    frames = wsproto.FrameDecoder(from_client=False).feed(a.recv(4096))
+    assert frames == [(True, wsproto.OP_PONG, b"p4")]
+    a.close()
+    server.close()
