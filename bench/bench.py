@@ -58,6 +58,8 @@ LO = "127.0.0.1"
 TRANSPORTS = ("raw", "ws", "wss", "mwss", "mtcp")
 RATE_TRANSPORTS = ("raw", "ws", "mwss")
 HOLDECHO = ROOT / "tests" / "holdecho.py"
+FLOOR_RELAY = ROOT / "bench" / "floor_relay.py"
+FLOOR_EPOLL = ROOT / "bench" / "floor_epoll.py"
 
 
 def free_port() -> int:
@@ -132,7 +134,7 @@ class Impl:
     binary: str = ""
 
     def supports(self, transport: str) -> bool:
-        return transport == "raw" if self.kind == "haproxy" else True
+        return transport == "raw" if self.kind in ("haproxy", "floor") else True
 
     def chain(self, procs: Procs, path: str, target: int) -> tuple[int, list]:
         """Start the path (a transport, ``+frames`` for RFC 6455 frames mode); (entry port,
@@ -144,6 +146,9 @@ class Impl:
             cfg = procs.tmp / f"{tag}.cfg"
             cfg.write_text(HAPROXY_TCP.format(port=a, target=target))
             return a, [procs.start(["haproxy", "-f", str(cfg), "-db"], tag)]
+        if self.kind == "floor":
+            return a, [procs.start([sys.executable, self.binary, str(a), str(target),
+                                    *self.args], tag)]
         if transport == "raw":
             if self.kind == "go":
                 argv = [self.binary, "-transport", "raw", "-l", f"{LO}:{a}", "-r", f"{LO}:{target}"]
@@ -207,6 +212,10 @@ def implementations(args, tmp: Path) -> list[Impl]:
     for spec in args.ehco or ["ehco="]:
         name, _, extra = spec.partition("=")
         impls.append(Impl(name or "ehco", "ehco", shlex.split(extra)))
+    for count in args.floor or []:
+        impls.append(Impl(f"floor{count}", "floor", [str(count)], str(FLOOR_RELAY)))
+    for count in args.floor_epoll or []:
+        impls.append(Impl(f"epoll{count}", "floor", [str(count)], str(FLOOR_EPOLL)))
     if not args.no_go:
         reason = gobuild.missing()
         if reason:
@@ -492,6 +501,12 @@ def main() -> int:
     ap.add_argument("--memory-rounds", type=int, default=1)
     ap.add_argument("--wrk-conns", type=int, default=32)
     ap.add_argument("--streams", type=int, default=8, help="iperf3 -P")
+    ap.add_argument("--floor", type=int, action="append", metavar="N",
+                    help="add the least a gevent relay can do (bench/floor_relay.py) with N "
+                         "processes, raw only; repeat for several N")
+    ap.add_argument("--floor-epoll", type=int, action="append", metavar="N",
+                    help="add the least CPython can do without gevent (bench/floor_epoll.py) "
+                         "with N processes, raw only")
     ap.add_argument("--no-go", action="store_true")
     ap.add_argument("--no-haproxy", action="store_true")
     args = ap.parse_args()

@@ -30,6 +30,7 @@ import gevent
 from gevent import socket as gsocket
 
 from .guards import limits
+from . import callback_relay
 from .addresses import bind_socket, format_addr
 from .remotes.balancer import Balancer
 from .config import RelayConfig
@@ -117,7 +118,10 @@ class Relay:
             for sock in inherited.values():
                 sock.close()
         if tcp_sock is not None:
-            self.tcp_server = _Server(tcp_sock, self._handle_tcp, self.label)
+            if callback_relay.eligible(self.cfg):
+                self.tcp_server = callback_relay.CallbackListener(tcp_sock, self)
+            else:
+                self.tcp_server = _Server(tcp_sock, self._handle_tcp, self.label)
             self.tcp_server.start()
             log.info("relay %s: tcp listening on %s (%s) -> %s via %s", self.label,
                      self.cfg.listen, self.cfg.listen_type, ", ".join(self.cfg.tcp_remotes),
@@ -162,7 +166,7 @@ class Relay:
     def drop_connections(self) -> None:
         """Cut every connection of this relay (process exit)."""
         if self.tcp_server is not None:
-            self.tcp_server.pool.kill(block=True, timeout=5)
+            self.tcp_server.drop_all()
         if self.udp is not None:
             self.udp.close_sessions()
         self._close_transports()
@@ -256,22 +260,29 @@ class Relay:
                         upstream = self.dialer.dial(state.address)
             except Exception as exc:
                 last = str(exc) or type(exc).__name__
-                lb.failed(state, last)
-                self.registry.dial_failed(self.cfg.remote_label(state.address))
-                if i + 1 < len(candidates):
-                    log.info("relay %s: dial %s for %s failed: %s; trying the next remote",
-                             self.label, state.address, client, last)
+                self._dial_attempt_failed(state, client, last, more=i + 1 < len(candidates))
                 continue
             dial_ms = (time.monotonic() - started) * 1000
             lb.succeeded(state, dial_ms)
             return upstream, state, dial_ms
+        self._all_dials_failed(candidates, client, last)
+        return None
+
+    def _dial_attempt_failed(self, state, client: str, reason: str, more: bool) -> None:
+        """Count one failed dial against its remote (and say so when another is tried)."""
+        self.tcp_lb.failed(state, reason)
+        self.registry.dial_failed(self.cfg.remote_label(state.address))
+        if more:
+            log.info("relay %s: dial %s for %s failed: %s; trying the next remote",
+                     self.label, state.address, client, reason)
+
+    def _all_dials_failed(self, candidates, client: str, last: str) -> None:
         if len(candidates) == 1:
             log.warning("relay %s: dial %s for %s failed: %s", self.label, candidates[0].address,
                         client, last)
         else:
             log.warning("relay %s: no remote answered for %s within %g s (last error: %s)",
                         self.label, client, self.cfg.dial_timeout, last)
-        return None
 
     def _accept_header(self, stream, client: str):
         """The PROXY header at the start of ``stream``, or None (logged) when there is none."""

@@ -63,3 +63,7 @@ class Listener(QuietAccept, StreamServer):
     def __init__(self, listener, handle, label: str, kind: str = "relay"):
         super().__init__(listener, handle, spawn=Pool())
         self.label = f"{kind} {label}"
+
+    def drop_all(self) -> None:
+        """Kill every connection's greenlet (each closes its sockets on the way out)."""
+        self.pool.kill(block=True, timeout=5)
