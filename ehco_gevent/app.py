@@ -211,6 +211,9 @@ class App:
             _call_all(self.services, "start")
         if self.path:
             gevent.spawn(self._reload_ticker)
+        from .observability.metrics import freeze_startup_objects
+
+        freeze_startup_objects()
 
     def _reload_ticker(self) -> None:
         while not self.stopping.is_set():

@@ -30,6 +30,7 @@ from .. import addresses, logs
 from ..guards import limits as node_limits
 from ..config import RelayConfig
 from ..connections import Connection, ConnectionRegistry
+from ..observability.metrics import freeze_startup_objects
 from ..server import RelayServer
 from .channel import Peer
 
@@ -89,6 +90,7 @@ class Worker:
         """Start-up: every relay binds or the error goes back (and nothing stays bound)."""
         self._settings(tls, log_level, limits)
         self.relays.start_all(relays)
+        freeze_startup_objects()
         return sorted(self.relays.relays)
 
     def apply(self, relays: list[RelayConfig], tls: tuple[str, str] | None = None,
