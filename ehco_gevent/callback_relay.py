@@ -35,6 +35,7 @@ from . import pump
 from .addresses import format_addr
 from .config import remote_host_port
 from .guards.listeners import _LOG as ACCEPT_LOG, _TRANSIENT_ACCEPT
+from .transports import ws_callbacks
 from .transports.raw import DIAL_TIMEOUT, dial_tcp, numeric_family, tune
 
 log = logging.getLogger("ehco.relay")
@@ -61,8 +62,10 @@ def _target(remote: str) -> tuple[str, int, int | None]:
 
 
 def eligible(cfg) -> bool:
-    """Whether a relay runs here: plain TCP on both sides, nothing written into the stream."""
-    return (enabled and cfg.listen_type == "raw" and cfg.transport_type == "raw"
+    """Whether a relay runs here: plain TCP on both sides, or ehco 1.1.4's ws (an HTTP
+    upgrade, then the same plain bytes), nothing else written into the stream."""
+    plain = ("raw", "ws") if not cfg.ws_frames else ("raw",)
+    return (enabled and cfg.listen_type in plain and cfg.transport_type in plain
             and not cfg.accept_proxy and not cfg.send_proxy)
 
 
@@ -82,6 +85,8 @@ class CallbackListener:
         self._pause = 0.0
         self.closed = False
         self.connections: set[RawConnection] = set()
+        self.ws_in = relay.cfg.listen_type == "ws"  # each client upgrades first
+        self.ws_out = relay.cfg.transport_type == "ws"  # each remote is upgraded first
 
     @property
     def server_port(self) -> int:
@@ -104,11 +109,12 @@ class CallbackListener:
                 return
             client = _socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
             client.setblocking(False)
+            conn = RawConnection(relay, self, client, address)
             try:
-                RawConnection(relay, self, client, address).start()
+                conn.start()
             except Exception:  # one client's failure must not stop accepting
                 log.debug("relay %s: starting a connection failed", relay.label, exc_info=True)
-                client.close()
+                conn.close()
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in _TRANSIENT_ACCEPT:
@@ -146,7 +152,7 @@ class _Direction:
     and while ``dst`` cannot take it, stop reading and wait for ``dst`` to be writable."""
 
     __slots__ = ("conn", "src", "dst", "src_fd", "dst_fd", "reader", "writer", "pipe", "left",
-                 "pending", "count", "done")
+                 "pending", "count", "done", "_read")
 
     def __init__(self, conn, src, dst, count):
         self.conn = conn
@@ -159,14 +165,24 @@ class _Direction:
         self.pending = b""  # copy path: bytes not written yet
         self.count = count
         self.done = False
+        self._read = self._on_readable_splice if pump.splice_enabled else self._on_readable_copy
 
-    def start(self) -> None:
-        self.reader.start(self._on_readable_splice if pump.splice_enabled
-                          else self._on_readable_copy)
+    def start(self, first: bytes = b"") -> None:
+        """Start moving; ``first`` (bytes read during a handshake that belong to the stream)
+        is written before anything is read."""
+        if first:
+            self.pending = first
+            self._send_pending()
+        else:
+            self.reader.start(self._read)
 
     # -- splice ------------------------------------------------------------------------------
     def _on_readable_splice(self) -> None:
-        pipe = pump.pipes.take()
+        try:
+            pipe = pump.pipes.take()
+        except OSError as exc:  # out of fds for a new pipe: this connection ends, as a pump's
+            self.conn.fail(exc)
+            return
         try:
             n = os.splice(self.src_fd, pipe[1], pipe[2], flags=_SPLICE_FLAGS)
         except BlockingIOError:
@@ -198,7 +214,7 @@ class _Direction:
             return
         pump.pipes.give(self.pipe)
         self.pipe = None
-        self._writable_again(self._on_readable_splice)
+        self._resume_reading()
 
     # -- copy --------------------------------------------------------------------------------
     def _on_readable_copy(self) -> None:
@@ -227,7 +243,7 @@ class _Direction:
         except OSError as exc:
             self.conn.fail(exc)
             return
-        self._writable_again(self._on_readable_copy)
+        self._resume_reading()
 
     # -- both --------------------------------------------------------------------------------
     def _wait_writable(self, then) -> None:
@@ -237,10 +253,12 @@ class _Direction:
         if not self.writer.active:
             self.writer.start(then)
 
-    def _writable_again(self, read) -> None:
-        if self.writer is not None and self.writer.active:
-            self.writer.stop()
-            self.reader.start(read)
+    def _resume_reading(self) -> None:
+        writer = self.writer
+        if writer is not None and writer.active:
+            writer.stop()
+        if not self.reader.active:
+            self.reader.start(self._read)
 
     def _eof(self) -> None:
         self.reader.stop()
@@ -269,7 +287,8 @@ class RawConnection:
 
     __slots__ = ("relay", "listener", "loop", "client", "address", "client_addr", "candidates",
                  "tried", "deadline", "upstream", "dial_watcher", "dial_timer", "state",
-                 "dial_started", "conn", "up", "down", "closed")
+                 "dial_started", "attempt_end", "conn", "up", "down", "closed", "handshake",
+                 "to_upstream")
 
     def __init__(self, relay, listener: CallbackListener, client, address):
         self.relay = relay
@@ -286,13 +305,27 @@ class RawConnection:
         self.dial_timer = None
         self.state = None
         self.dial_started = 0.0
+        self.attempt_end = 0.0
         self.conn = None
         self.up = self.down = None
         self.closed = False
+        self.handshake = None  # a ws upgrade in progress (ws_callbacks), stopped by close()
+        self.to_upstream = b""  # the client's bytes that came behind its upgrade request
 
     def start(self) -> None:
         tune(self.client)
         self.listener.connections.add(self)
+        if self.listener.ws_in:
+            self.handshake = ws_callbacks.AcceptUpgrade(self, self.relay.inbound)
+            self.handshake.start()
+        else:
+            self.dial()
+
+    def dial(self, to_upstream: bytes = b"") -> None:
+        """Dial the remotes in the balancer's order (after the client's upgrade, on a ws
+        listener); ``to_upstream`` goes to the remote first."""
+        self.handshake = None
+        self.to_upstream = to_upstream
         lb = self.relay.tcp_lb
         self.candidates = lb.candidates(self.address[0])
         if len(self.candidates) > 1:
@@ -338,16 +371,18 @@ class RawConnection:
             return
         upstream.setblocking(False)
         self.state, self.upstream, self.dial_started = state, upstream, started
-        try:
-            self._relay(upstream)
-        except Exception as exc:  # noqa: BLE001
-            self.fail(exc)
+        self.attempt_end = started + budget
+        self._connected(upstream)
 
     def _connect(self, state, family: int, sockaddr, budget: float) -> str | None:
         """Start a non-blocking connect: None, or why it failed at once."""
         self.state = state
         self.dial_started = time.monotonic()
-        upstream = _socket.socket(family, _NONBLOCK_STREAM)
+        self.attempt_end = self.dial_started + budget
+        try:
+            upstream = _socket.socket(family, _NONBLOCK_STREAM)
+        except OSError as exc:  # out of fds: this attempt fails, as a greenlet's dial would
+            return exc.strerror or str(exc)
         err = upstream.connect_ex(sockaddr)
         if err not in (0, errno.EINPROGRESS):
             upstream.close()
@@ -368,22 +403,39 @@ class RawConnection:
 
     def _on_dial_timeout(self, budget: float) -> None:
         self._stop_dial()
-        self.upstream.close()
-        self.upstream = None
-        reason = "timed out" if self.deadline is None else f"no answer within {budget:.2f} s"
-        self._dial_next(self._attempt_failed(self.state, reason))
+        self.upstream_failed("timed out" if self.deadline is None
+                             else f"no answer within {budget:.2f} s")
 
     def _on_connected(self) -> None:
         self._stop_dial()
         upstream = self.upstream
         err = upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            upstream.close()
-            self.upstream = None
-            self._dial_next(self._attempt_failed(self.state, os.strerror(err)))
+            self.upstream_failed(os.strerror(err))
             return
+        self._connected(upstream)
+
+    def _connected(self, upstream) -> None:
+        """TCP is up: upgrade first on a ws transport, else relay."""
+        if self.listener.ws_out:
+            self.handshake = ws_callbacks.DialUpgrade(self, upstream)
+            self.handshake.start()
+        else:
+            self.relay_to(upstream)
+
+    def upstream_failed(self, reason: str) -> None:
+        """This attempt failed after the connect began: next candidate (or give up)."""
+        self.handshake = None
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self._dial_next(self._attempt_failed(self.state, reason))
+
+    def relay_to(self, upstream, to_client: bytes = b"") -> None:
+        """The remote is ready (``to_client``: its bytes that came behind the 101)."""
+        self.handshake = None
         try:
-            self._relay(upstream)
+            self._relay(upstream, to_client)
         except Exception as exc:  # never a traceback from the hub for one connection
             self.fail(exc)
 
@@ -393,7 +445,7 @@ class RawConnection:
         return reason
 
     # -- relaying ----------------------------------------------------------------------------
-    def _relay(self, upstream) -> None:
+    def _relay(self, upstream, to_client: bytes) -> None:
         relay, state = self.relay, self.state
         tune(upstream)
         dial_ms = (time.monotonic() - self.dial_started) * 1000
@@ -409,8 +461,9 @@ class RawConnection:
                       remote, dial_ms)
         self.up = _Direction(self, self.client, upstream, conn.add_up)
         self.down = _Direction(self, upstream, self.client, conn.add_down)
-        self.up.start()
-        self.down.start()
+        self.up.start(self.to_upstream)
+        self.down.start(to_client)
+        self.to_upstream = b""
 
     def direction_done(self) -> None:
         if self.up.done and self.down.done:
@@ -433,6 +486,9 @@ class RawConnection:
         self.closed = True
         self.listener.connections.discard(self)
         self._stop_dial()
+        if self.handshake is not None:
+            self.handshake.stop()
+            self.handshake = None
         for direction in (self.up, self.down):
             if direction is not None:
                 direction.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from dataclasses import dataclass
 from typing import Callable
 
 import gevent
@@ -96,31 +97,48 @@ def accept_upgrade(sock, client_addr: str, path: str, tls: bool, frames: bool,
         # the inner timeouts are beyond the outer deadline, which fires first
         head, rest = read_head(io, timeout + 1, None if tls else
                                lambda data: sniff.check_first_bytes(data, kind))
+    answer = answer_request(head, path, client_addr)
+    if answer.upgrade:
+        io.sendall(answer.response)
+        return _wrap(sock, tls_stream, rest, frames, client=False)
+    _answer(io, answer.response)
+    if answer.mismatch is not None:
+        raise answer.mismatch
+    return None
+
+
+@dataclass
+class Answer:
+    """What a ws listener answers to one request head: ``response`` to send; ``upgrade``
+    when it is the 101 (the stream starts behind it), else a final answer after which the
+    connection ends; ``mismatch`` when the request was another tunnel's (to be reported)."""
+
+    response: bytes
+    upgrade: bool = False
+    mismatch: sniff.Mismatch | None = None
+
+
+def answer_request(head: bytes, path: str, client_addr: str) -> Answer:
+    """The listener's decision for a request head, as a plain function (the greenlet path
+    above and the callback path of :mod:`.ws_callbacks` both answer through it). Raises
+    HandshakeError or ValueError for a head that is not HTTP."""
     request = wsproto.parse_request(head)
     if request.path == path and request.method == "GET":
         if not request.is_upgrade:
-            _answer(io, wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
-            return None
+            return Answer(wsproto.build_response(400, "Bad Request: not a websocket upgrade\n"))
         if not wsproto.valid_key(request.header("sec-websocket-key")):
-            _answer(io, wsproto.build_response(400, "Bad Request: bad Sec-WebSocket-Key\n"))
-            return None
+            return Answer(wsproto.build_response(400, "Bad Request: bad Sec-WebSocket-Key\n"))
         if not request.version_ok:
-            _answer(io, wsproto.build_response(426, "Upgrade Required: WebSocket version 13 only\n",
-                                               "Sec-WebSocket-Version: 13\r\n"))
-            return None
-        io.sendall(wsproto.build_101(request.header("sec-websocket-key")))
-        return _wrap(sock, tls_stream, rest, frames, client=False)
+            return Answer(wsproto.build_response(426, "Upgrade Required: WebSocket version 13 only\n",
+                                                 "Sec-WebSocket-Version: 13\r\n"))
+        return Answer(wsproto.build_101(request.header("sec-websocket-key")), upgrade=True)
     if request.path == "/" and request.method in ("GET", "HEAD"):
         response = wsproto.build_response(200, index_text(client_addr))
         if request.method == "HEAD":  # the same head, no body (RFC 9110 9.3.2)
             response = wsproto.split_head(response)[0]
-        _answer(io, response)
-        return None
-    _answer(io, wsproto.build_response(404, "404 page not found\n"))
-    mismatch = sniff.wrong_path(request.path, PATHS, kind) if request.is_upgrade else None
-    if mismatch is not None:
-        raise mismatch
-    return None
+        return Answer(response)
+    mismatch = sniff.wrong_path(request.path, PATHS, KINDS[path]) if request.is_upgrade else None
+    return Answer(wsproto.build_response(404, "404 page not found\n"), mismatch=mismatch)
 
 
 def _answer(io, response: bytes) -> None:
