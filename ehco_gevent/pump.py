@@ -198,6 +198,21 @@ def splice_loop(src_sock, dst_sock, count: Counter, until_idle: bool = False) ->
                 pipes.give(pipe)
 
 
+def gather_loop(src, dst, count: Counter) -> None:
+    """Move bytes until src reaches EOF from a source that queues payloads (an smux stream's
+    ``recv_views``) to a socket that writes many buffers at once (``sendall_parts``): the
+    payloads go out as they are, with no copy into a buffer of ours."""
+    budget = FAIR_SHARE
+    while True:
+        parts = src.recv_views(COPY_BUFFER_MAX)
+        if not parts:
+            return
+        n = sum(map(len, parts))
+        dst.sendall_parts(parts)
+        count(n)
+        budget = _spend(budget, n)
+
+
 def copy_loop(src, dst, count: Counter) -> None:
     """Move bytes with recv_into/sendall until src reaches EOF.
 
@@ -253,7 +268,10 @@ def one_direction(src, dst, count: Counter) -> None:
         except _SpliceUnsupported:
             log.debug("splice unsupported for %r -> %r, copying", src, dst)
     if not spliced:
-        copy_loop(src, dst, count)
+        if hasattr(src, "recv_views") and hasattr(dst, "sendall_parts"):
+            gather_loop(src, dst, count)
+        else:
+            copy_loop(src, dst, count)
     dst.shutdown_write()
 
 

@@ -242,3 +242,31 @@ def test_splice_loop_yields_to_others_while_data_keeps_coming(monkeypatch):
     assert read_all(far) == data
     for s in (client, a, b, far):
         s.close()
+
+
+def test_gather_loop_moves_an_smux_stream_to_a_socket_exactly(monkeypatch):
+    """An smux stream (recv_views) to a plain socket (sendall_parts): the payload goes out in
+    gathering writes, arrives identical and is counted to the byte, then EOF."""
+    from ehco_gevent.transports.smux import Session, serve_session
+
+    gathered = []
+    loop = pump_mod.gather_loop
+    monkeypatch.setattr(pump_mod, "gather_loop", lambda *a: gathered.append(1) or loop(*a))
+
+    a, b = tcp_pair()
+    out_a, out_b = tcp_pair()
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    counted = Counter()
+
+    def handler(stream):
+        pump_mod.one_direction(stream, SocketStream(out_a), counted)
+
+    server = gevent.spawn(serve_session, SocketStream(b), handler)
+    client = Session(SocketStream(a), client=True)
+    stream = client.open_stream()
+    gevent.spawn(lambda: (stream.sendall(data), stream.shutdown_write()))
+    assert hashlib.sha256(read_all(out_b)).digest() == hashlib.sha256(data).digest()
+    assert counted.n == len(data) and gathered == [1]
+    client.close()
+    server.join(timeout=5)
+    out_b.close()

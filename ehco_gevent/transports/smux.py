@@ -75,17 +75,24 @@ def encode_frame(cmd: int, sid: int, payload: bytes = b"") -> bytes:
     return HEADER.pack(VERSION, cmd, len(payload), sid) + payload
 
 
-def encode_data(sid: int, data) -> bytes:
-    """PSH frames for ``data``, split at :data:`SEND_FRAME`, joined for one write."""
+def data_frames(sid: int, data) -> list:
+    """PSH frames for ``data``, split at :data:`SEND_FRAME`: header, payload view, header...
+    (for a gathering write: the payload is not copied)."""
     view = memoryview(data)
-    if len(view) <= SEND_FRAME:
-        return HEADER.pack(VERSION, PSH, len(view), sid) + view
     parts = []
     for start in range(0, len(view), SEND_FRAME):
         piece = view[start:start + SEND_FRAME]
         parts.append(HEADER.pack(VERSION, PSH, len(piece), sid))
         parts.append(piece)
-    return b"".join(parts)
+    return parts
+
+
+def encode_data(sid: int, data) -> bytes:
+    """PSH frames for ``data``, split at :data:`SEND_FRAME`, joined for one write."""
+    view = memoryview(data)
+    if len(view) <= SEND_FRAME:
+        return HEADER.pack(VERSION, PSH, len(view), sid) + view
+    return b"".join(data_frames(sid, view))
 
 
 class FrameDecoder:
@@ -225,6 +232,21 @@ class SmuxStream:
         self.session._consumed(n)
         return n
 
+    def recv_views(self, limit: int) -> list:
+        """The queued payload, about ``limit`` bytes at most, as the reader's own buffers (no
+        copy: the pump hands them to a gathering write); [] at EOF."""
+        self.wait_readable()
+        chunks = self._chunks
+        out = []
+        n = 0
+        while chunks and n < limit:
+            view = chunks.popleft()
+            out.append(view)
+            n += len(view)
+        if n:
+            self.session._consumed(n)
+        return out
+
     def recv(self, size: int) -> bytes:
         buf = bytearray(size)
         n = self.recv_into(buf)
@@ -236,7 +258,7 @@ class SmuxStream:
         if len(data):
             if not self._heard:
                 self._await_peer()
-            self.session._write(encode_data(self.sid, data))
+            self.session._write_data(self.sid, data)
 
     def shutdown_write(self) -> None:
         if not self.local_fin and not self.closed:
@@ -420,6 +442,19 @@ class Session:
             raise BrokenPipeError("smux session is closed")
         with self._write_lock:
             self.conn.sendall(data)
+
+    def _write_data(self, sid: int, data) -> None:
+        """PSH frames: headers and payload in one gathering write where the connection can
+        (a plain socket: profiled, joining them was 12 % of an mtcp node's time), else
+        joined."""
+        gather = getattr(self.conn, "sendall_parts", None)
+        if gather is None:
+            self._write(encode_data(sid, data))
+            return
+        if self.closed:
+            raise BrokenPipeError("smux session is closed")
+        with self._write_lock:
+            gather(data_frames(sid, data))
 
     def _forget(self, stream: SmuxStream) -> None:
         if self.streams.get(stream.sid) is stream:

@@ -25,6 +25,9 @@ import socket as _stdsocket
 
 from gevent import socket
 
+#: buffers per gathering write (Linux takes up to IOV_MAX, 1024)
+GATHER_MAX = 256
+
 
 def wait_socket_readable(sock) -> None:
     """Block until a gevent socket is readable, on the socket's own read watcher.
@@ -103,6 +106,24 @@ class SocketStream:
 
     def sendall(self, data) -> None:
         self.sock.sendall(data)
+
+    def sendall_parts(self, parts: list) -> None:
+        """Write every buffer of ``parts`` in order, gathered (``sendmsg``): one syscall for
+        many pieces and no join copy. ``parts`` is consumed."""
+        sock = self.sock
+        if hasattr(sock, "getpeercert"):  # a TLS socket cannot gather
+            sock.sendall(b"".join(parts))
+            return
+        while parts:
+            sent = sock.sendmsg(parts[:GATHER_MAX])
+            while sent:
+                first = len(parts[0])
+                if sent >= first:
+                    sent -= first
+                    del parts[0]
+                else:
+                    parts[0] = memoryview(parts[0])[sent:]
+                    sent = 0
 
     def shutdown_write(self) -> None:
         try:

@@ -323,3 +323,40 @@ def test_pool_reuses_a_session_for_five_streams():
     acceptor.kill()
     listener.close()
     gevent.killall(servers)
+
+
+def test_frames_go_out_gathered_and_parse_back_exactly(monkeypatch):
+    """A stream's data leaves as PSH frames in gathering writes (no join copy): the bytes on
+    the wire decode to the same payload, split at SEND_FRAME."""
+    writes = []
+    gather = SocketStream.sendall_parts
+    monkeypatch.setattr(SocketStream, "sendall_parts",
+                        lambda self, parts: writes.append(len(parts)) or gather(self, parts))
+    a, b = tcp_pair()
+    session = Session(SocketStream(a), client=True)
+    data = os.urandom(5 * SEND_FRAME + 123)
+    stream = session.open_stream()
+    gevent.spawn(stream.sendall, data).get(timeout=10)
+    decoder = FrameDecoder()
+    frames = []
+    b.settimeout(5)
+    while sum(len(p) for c, _, p in frames if c == PSH) < len(data):
+        frames += decoder.feed(b.recv(65536))
+    pushes = [p for c, sid, p in frames if c == PSH and sid == stream.sid]
+    assert b"".join(pushes) == data and max(map(len, pushes)) == SEND_FRAME
+    assert writes == [12]  # 6 headers and 6 payload views in one gathering write
+    session.close()
+    b.close()
+
+
+def test_recv_views_hands_over_the_queued_payload_and_frees_its_room(echo_session):
+    """What the pump's gather loop reads: the queued payloads as they are, the session's
+    buffer accounting given back, [] at EOF."""
+    stream = echo_session.open_stream()
+    data = os.urandom(300_000)
+    stream.sendall(data)
+    stream.shutdown_write()
+    got = b""
+    while views := stream.recv_views(64 * 1024):
+        got += b"".join(views)
+    assert got == data and echo_session._buffered == 0
