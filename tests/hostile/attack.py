@@ -196,9 +196,11 @@ class Probes(threading.Thread):
         return max(self.latency[name])
 
 
-def baseline(echo_port: int, web_port: int, count: int = 40) -> Probes:
-    """Unloaded latencies: ``count`` probes paced exactly as the loaded ones (a thread, one
-    round every PROBE_INTERVAL). Back-to-back probes would be about 5 x faster than paced ones
+def baseline(echo_port: int, web_port: int,
+             count: int = int(FLOOD_SECONDS / (PROBE_INTERVAL + 0.015)) if LONG_MODE else 40
+             ) -> Probes:
+    """Unloaded latencies: ``count`` probes (in the long mode, as many as the flood's time
+    holds) paced exactly as the loaded ones (a thread, one round every PROBE_INTERVAL). Back-to-back probes would be about 5 x faster than paced ones
     on a quiet machine (the processes never go idle between them), which is no baseline for
     paced probes under attack."""
     probes = Probes(echo_port, web_port)
@@ -222,15 +224,23 @@ def bulk_transfer(port: int, size: int) -> tuple[bool, float]:
 
 def report_timing(what: str, calm: Probes, loaded: Probes, calm_rate: float,
                   loaded_rate: float) -> list[str]:
-    """Print the timing checks of the issue; return the ones missed (enforced in long mode)."""
+    """Print the timing checks of the issue; return the ones missed (enforced in long mode,
+    where the unloaded run is as long as the flood)."""
     missed = []
     for name in ("echo", "metrics"):
         limit = 3 * calm.median(name)
         worst = loaded.worst(name)
-        line = (f"{what}: {name} unloaded median {calm.median(name) * 1000:.1f} ms, loaded "
-                f"median {loaded.median(name) * 1000:.1f} ms, worst {worst * 1000:.1f} ms "
-                f"(3 x median = {limit * 1000:.1f} ms), {len(loaded.latency[name])} probes")
+        over_calm = sum(1 for t in calm.latency[name] if t > limit)
+        over_loaded = sum(1 for t in loaded.latency[name] if t > limit)
+        line = (f"{what}: {name} unloaded median {calm.median(name) * 1000:.1f} ms, worst "
+                f"{calm.worst(name) * 1000:.1f} ms, {over_calm} of "
+                f"{len(calm.latency[name])} over 3 x median ({limit * 1000:.1f} ms); loaded "
+                f"median {loaded.median(name) * 1000:.1f} ms, worst {worst * 1000:.1f} ms, "
+                f"{over_loaded} of {len(loaded.latency[name])} over")
         print(line)
+        # the issue's "within 3 x the unloaded median, every time" (worst <= limit) is what is
+        # enforced; the counts beside it say how often the unloaded run of the same length,
+        # with no attack at all, was over the same bound (docs/security.md)
         if worst > limit:
             missed.append(line)
     line = f"{what}: bulk {calm_rate:.0f} MB/s unloaded, {loaded_rate:.0f} MB/s under attack"

@@ -3,7 +3,8 @@
 While one client floods as fast as it can, a 1 KB echo through the node's raw relay and
 ``GET /metrics/`` keep answering (every probe, none timed out), a bulk transfer arrives intact,
 and the flooding session is cut with one log line however often it reconnects. The latency
-(3 x the unloaded median) and bulk-rate (half the unloaded rate) checks are printed, and
+(3 x the unloaded median, against an unloaded run as long as the flood: see
+``attack.report_timing``) and bulk-rate (half the unloaded rate) checks are printed, and
 enforced only in the long mode (``EHCO_HOSTILE_LONG=1``: 20 s floods).
 """
 
