@@ -20,9 +20,10 @@ next turn after everyone else.
 
 from __future__ import annotations
 
+# sockets here are the C type: the process is monkey-patched, and a gevent socket would wait
+# on the hub (impossible inside a loop callback) and costs the syscalls this module saves
 import _socket
 import errno
-import functools
 import logging
 import os
 import socket
@@ -33,15 +34,12 @@ from gevent.hub import get_hub
 
 from . import pump
 from .addresses import format_addr
-from .config import remote_host_port
-from .guards.listeners import _LOG as ACCEPT_LOG, _TRANSIENT_ACCEPT
+from .guards.listeners import AcceptBackoff
 from .transports import ws_callbacks
-from .transports.raw import DIAL_TIMEOUT, dial_tcp, numeric_family, tune
+from .transports.raw import DIAL_TIMEOUT, dial_tcp, remote_target, tune
 
 log = logging.getLogger("ehco.relay")
 
-#: set to False to run raw relays on the greenlet path (tests, benchmarks)
-enabled = True
 #: connections accepted per wake-up of the listener (gevent's StreamServer takes 100)
 ACCEPTS_PER_WAKE = 64
 #: the copy path's buffer, shared by every connection (a callback never waits with it)
@@ -50,22 +48,13 @@ _copy_buffer = bytearray(COPY_CHUNK)
 _READ, _WRITE = 1, 2
 _SPLICE_FLAGS = pump._SPLICE_FLAGS
 _NONBLOCK_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
-# the C socket type: the process is monkey-patched, and a gevent socket would wait on the hub
-# (impossible inside a loop callback) and costs the syscalls this module exists to save
-
-
-@functools.lru_cache(maxsize=4096)
-def _target(remote: str) -> tuple[str, int, int | None]:
-    """``host, port, family`` of a remote (family None: a name to resolve), parsed once."""
-    host, port = remote_host_port(remote)
-    return host, port, numeric_family(host)
 
 
 def eligible(cfg) -> bool:
     """Whether a relay runs here: plain TCP on both sides, or ehco 1.1.4's ws (an HTTP
     upgrade, then the same plain bytes), nothing else written into the stream."""
     plain = ("raw", "ws") if not cfg.ws_frames else ("raw",)
-    return (enabled and cfg.listen_type in plain and cfg.transport_type in plain
+    return (cfg.listen_type in plain and cfg.transport_type in plain
             and not cfg.accept_proxy and not cfg.send_proxy)
 
 
@@ -82,7 +71,7 @@ class CallbackListener:
         self._family = sock.family
         self.loop = get_hub().loop
         self._watcher = None
-        self._pause = 0.0
+        self._backoff = AcceptBackoff(self.label)
         self.closed = False
         self.connections: set[RawConnection] = set()
         self.ws_in = relay.cfg.listen_type == "ws"  # each client upgrades first
@@ -117,20 +106,17 @@ class CallbackListener:
                 conn.close()
 
     def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno in _TRANSIENT_ACCEPT:
-            return
-        # out of fds or memory (or worse): pause accepting, clients wait in the backlog
-        self._pause = min(1.0, self._pause * 2) if self._pause else 0.01
-        ACCEPT_LOG.log(logging.WARNING, f"{self.label}:{exc.errno}",
-                       "%s: accept failed (%s); pausing accepts for %.2f s", self.label,
-                       exc.strerror, self._pause)
-        self._watcher.stop()
-        gevent.spawn_later(self._pause, self._resume)
+        # out of fds or memory (or any other lasting error: a callback cannot raise it
+        # anywhere useful): pause accepting, clients wait in the backlog
+        pause = self._backoff.failed(exc)
+        if pause is not None:
+            self._watcher.stop()
+            gevent.spawn_later(pause, self._resume)
 
     def _resume(self) -> None:
         if not self.closed:
             self._watcher.start(self._on_accept)
-            gevent.spawn_later(5, setattr, self, "_pause", 0.0)
+            self._backoff.resumed()
 
     def close(self) -> None:
         """Stop accepting and close the listening socket; open connections go on."""
@@ -345,7 +331,7 @@ class RawConnection:
                 budget = (self.deadline - time.monotonic()) / (len(self.candidates) - self.tried + 1)
                 if budget <= 0:
                     break
-            host, port, family = _target(state.address)
+            host, port, family = remote_target(state.address)
             if family is None:  # a name: resolve in a greenlet, then come back here
                 gevent.spawn(self._dial_by_name, state, host, port, budget)
                 return
@@ -450,15 +436,7 @@ class RawConnection:
         tune(upstream)
         dial_ms = (time.monotonic() - self.dial_started) * 1000
         relay.tcp_lb.succeeded(state, dial_ms)
-        remote = state.address
-        conn = relay.registry.open(relay.label, "tcp", self.client_addr, remote,
-                                   relay.cfg.remote_label(remote), dial_ms)
-        conn.closer = self.drop
-        self.conn = conn
-        relay.tcp_lb.opened(state)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("relay %s: %s -> %s connected in %.1f ms", relay.label, self.client_addr,
-                      remote, dial_ms)
+        conn = self.conn = relay._opened(state, self.client_addr, dial_ms, self.drop)
         self.up = _Direction(self, self.client, upstream, conn.add_up)
         self.down = _Direction(self, upstream, self.client, conn.add_down)
         self.up.start(self.to_upstream)
@@ -496,11 +474,5 @@ class RawConnection:
         for sock in (self.client, self.upstream):
             if sock is not None:
                 sock.close()
-        conn = self.conn
-        if conn is not None:
-            relay = self.relay
-            relay.tcp_lb.closed(self.state)
-            relay.registry.close(conn)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("relay %s: %s -> %s closed, up %d down %d bytes", relay.label,
-                          self.client_addr, conn.remote, conn.up_bytes, conn.down_bytes)
+        if self.conn is not None:
+            self.relay._closed(self.state, self.conn)

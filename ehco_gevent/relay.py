@@ -34,7 +34,7 @@ from . import callback_relay
 from .addresses import bind_socket, format_addr
 from .remotes.balancer import Balancer
 from .config import RelayConfig
-from .connections import ConnectionRegistry
+from .connections import Connection, ConnectionRegistry
 from .remotes.health import HealthChecker
 from .guards.listeners import Listener
 from .logs import RateLimitedLogger
@@ -225,20 +225,30 @@ class Relay:
         if self.send_proxy and not self._send_header(upstream, stream, src or peer, dst, sock,
                                                      client, remote):
             return
-        conn = self.registry.open(self.label, "tcp", client, remote, self.cfg.remote_label(remote),
-                                  dial_ms)
         current = gevent.getcurrent()
-        conn.closer = lambda: current.kill(block=False)
-        log.debug("relay %s: %s -> %s connected in %.1f ms", self.label, client, remote, dial_ms)
-        lb = self.tcp_lb
-        lb.opened(state)
+        conn = self._opened(state, client, dial_ms, lambda: current.kill(block=False))
         try:
             pump(stream, upstream, conn.add_up, conn.add_down)
         finally:
-            lb.closed(state)
-            self.registry.close(conn)
-            log.debug("relay %s: %s -> %s closed, up %d down %d bytes", self.label, client,
-                      remote, conn.up_bytes, conn.down_bytes)
+            self._closed(state, conn)
+
+    def _opened(self, state, client: str, dial_ms: float, closer) -> "Connection":
+        """A dialed connection starts relaying: its registry record (``closer`` drops it), the
+        balancer's count, the debug line. The greenlet path and the callback relay share it."""
+        remote = state.address
+        conn = self.registry.open(self.label, "tcp", client, remote, self.cfg.remote_label(remote),
+                                  dial_ms)
+        conn.closer = closer
+        log.debug("relay %s: %s -> %s connected in %.1f ms", self.label, client, remote, dial_ms)
+        self.tcp_lb.opened(state)
+        return conn
+
+    def _closed(self, state, conn: "Connection") -> None:
+        """The end of what :meth:`_opened` started."""
+        self.tcp_lb.closed(state)
+        self.registry.close(conn)
+        log.debug("relay %s: %s -> %s closed, up %d down %d bytes", self.label,
+                  conn.client_addr, conn.remote, conn.up_bytes, conn.down_bytes)
 
     def _dial(self, client: str, client_host: str):
         """Dial the balancer's candidates in turn: ``(upstream, state, dial_ms)``, or None when

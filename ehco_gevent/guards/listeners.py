@@ -25,35 +25,56 @@ _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _LOG = RateLimitedLogger(log, interval=10.0)
 
 
+class AcceptBackoff:
+    """How long a listener stops accepting after an accept error: 10 ms, doubling while errors
+    keep coming (up to 1 s), back to 10 ms once it has accepted for 5 s; one log line per cause
+    per interval. Both accept loops (:class:`QuietAccept` and the callback relay's) use it."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.pause = 0.0
+
+    def failed(self, exc: OSError) -> float | None:
+        """Seconds to stop accepting for, or None for a transient error (ignore it)."""
+        if exc.errno in _TRANSIENT_ACCEPT:
+            return None
+        self.pause = min(1.0, self.pause * 2) if self.pause else 0.01
+        _LOG.log(logging.WARNING, f"{self.label}:{exc.errno}",
+                 "%s: accept failed (%s); pausing accepts for %.2f s", self.label,
+                 exc.strerror, self.pause)
+        return self.pause
+
+    def resumed(self) -> None:
+        gevent.spawn_later(5, self._reset)
+
+    def _reset(self) -> None:
+        self.pause = 0.0
+
+
 class QuietAccept:
     """Mixin for a gevent StreamServer subclass; ``label`` names the listener in the log."""
 
     label = "?"
-    _pause = 0.0
+    _backoff: AcceptBackoff | None = None
 
     def do_read(self):
         try:
             return super().do_read()
         except OSError as exc:
-            if exc.errno in _TRANSIENT_ACCEPT:
-                return None
-            if exc.errno not in _OUT_OF_RESOURCES:
+            if exc.errno not in _OUT_OF_RESOURCES | _TRANSIENT_ACCEPT:
                 raise
-            self._pause = min(1.0, self._pause * 2) if self._pause else 0.01
-            _LOG.log(logging.WARNING, f"{self.label}:{exc.errno}",
-                     "%s: accept failed (%s); pausing accepts for %.2f s", self.label,
-                     exc.strerror, self._pause)
-            self.stop_accepting()
-            gevent.spawn_later(self._pause, self._resume)
+            if self._backoff is None:
+                self._backoff = AcceptBackoff(self.label)
+            pause = self._backoff.failed(exc)
+            if pause is not None:
+                self.stop_accepting()
+                gevent.spawn_later(pause, self._resume)
             return None
 
     def _resume(self):
         if self.started and not self.closed:
             self.start_accepting()
-            gevent.spawn_later(5, self._reset_pause)
-
-    def _reset_pause(self):
-        self._pause = 0.0
+            self._backoff.resumed()
 
 
 class Listener(QuietAccept, StreamServer):

@@ -95,7 +95,7 @@ class PenaltyBox:
             self._reaper = None
 
     def release_all(self) -> None:
-        """Reset every held connection now (at exit)."""
+        """Reset every held connection now (at exit the process's end does the same)."""
         while self._held:
             self._close(self._held.popleft()[1])
 

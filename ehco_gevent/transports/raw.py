@@ -35,6 +35,13 @@ def numeric_family(host: str) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def remote_target(remote: str) -> tuple[str, int, int | None]:
+    """``host, port, family`` of a remote, parsed once (family None: a name to resolve)."""
+    host, port = remote_host_port(remote)
+    return host, port, numeric_family(host)
+
+
 def dial_tcp(host: str, port: int, timeout: float = DIAL_TIMEOUT) -> socket.socket:
     """Connect with a deadline covering resolution and the TCP handshake; blocking after.
 

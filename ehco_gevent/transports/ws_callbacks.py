@@ -19,9 +19,8 @@ import time
 
 from . import sniff, ws
 from . import websocket as wsproto
-from ..config import remote_host_port
 from ..guards import limits
-from .raw import DIAL_TIMEOUT
+from .raw import DIAL_TIMEOUT, remote_target
 
 log = logging.getLogger("ehco.ws")
 
@@ -177,7 +176,7 @@ class DialUpgrade(_HeadReader):
 
     def start(self) -> None:
         conn = self.conn
-        host, port = remote_host_port(self.remote)
+        host, port, _ = remote_target(self.remote)
         request = wsproto.build_request(wsproto.host_header(host, port), ws.PATHS["ws"], self.key)
         if not _send_now(self.sock, request):
             self._failed("could not send the upgrade request", None)

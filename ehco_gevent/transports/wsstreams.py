@@ -283,7 +283,8 @@ class FramedStream:
                 self._empty_frame("ping" if opcode == wsproto.OP_PING else "pong")
             if opcode == wsproto.OP_BINARY and fin and not payload:
                 self._peer_done = True  # the peer's end-of-writing marker
-                ping = self._pong(ping)
+                self._pong(ping)
+                ping = None
                 self._maybe_send_close()
             elif opcode in (wsproto.OP_BINARY, wsproto.OP_TEXT, wsproto.OP_CONT):
                 if payload:
@@ -292,7 +293,8 @@ class FramedStream:
                 ping = payload
             elif opcode == wsproto.OP_CLOSE:
                 self._peer_done = True
-                ping = self._pong(ping)
+                self._pong(ping)
+                ping = None
                 self._maybe_send_close()
         self._pong(ping)
 
@@ -302,7 +304,6 @@ class FramedStream:
         latest, so a burst of pings costs one write, not one each."""
         if ping is not None and not self._close_sent:
             self.inner.sendall(wsproto.encode_frame(wsproto.OP_PONG, ping, masked=self.client))
-        return None
 
     def wait_readable(self) -> None:
         if not (self._ready or self._peer_done):

@@ -197,17 +197,14 @@ class Probes(threading.Thread):
 
 
 def baseline(echo_port: int, web_port: int,
-             count: int = int(FLOOD_SECONDS / (PROBE_INTERVAL + 0.015)) if LONG_MODE else 40
-             ) -> Probes:
-    """Unloaded latencies: ``count`` probes (in the long mode, as many as the flood's time
-    holds) paced exactly as the loaded ones (a thread, one round every PROBE_INTERVAL). Back-to-back probes would be about 5 x faster than paced ones
-    on a quiet machine (the processes never go idle between them), which is no baseline for
-    paced probes under attack."""
+             seconds: float = FLOOD_SECONDS if LONG_MODE else 2.5) -> Probes:
+    """Unloaded latencies: probes for ``seconds`` (in the long mode, as long as the flood),
+    paced exactly as the loaded ones (a thread, one round every PROBE_INTERVAL). Back-to-back
+    probes would be about 5 x faster than paced ones on a quiet machine (the processes never go
+    idle between them), which is no baseline for paced probes under attack."""
     probes = Probes(echo_port, web_port)
     probes.start()
-    deadline = time.monotonic() + count * (PROBE_INTERVAL + 2 * PROBE_TIMEOUT)
-    while len(probes.latency["echo"]) < count and time.monotonic() < deadline:
-        time.sleep(PROBE_INTERVAL)
+    time.sleep(seconds)
     probes.stop()
     assert not probes.failures, probes.failures[:5]
     return probes
