@@ -32,7 +32,7 @@ from ..guards import limits
 from ..guards import penalty
 from ..guards.fairness import Budget
 from .peer_limits import EmptyFrameBudget, OverBudget
-from .streams import buffers, wait_socket_readable
+from .streams import buffers, send_all, wait_socket_readable
 
 log = logging.getLogger("ehco.ws")
 
@@ -90,7 +90,7 @@ class TLSStream:
     def _flush(self) -> None:
         data = self.outgoing.read()
         if data:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
 
     # -- the stream interface --------------------------------------------------------------
     def take_pending(self) -> bytes:

@@ -50,17 +50,34 @@ frames_strategy = st.lists(st.tuples(
     max_size=20)
 
 
+@pytest.mark.parametrize("views", [False, True], ids=["copies", "views"])
 @settings(max_examples=200, deadline=None)
-@given(frames_strategy, st.lists(st.integers(1, 400), max_size=30))
-def test_round_trip_through_any_split(frames, cuts):
+@given(frames=frames_strategy, cuts=st.lists(st.integers(1, 400), max_size=30))
+def test_round_trip_through_any_split(views, frames, cuts):
+    """Copies, or views of the fed bytes (the session's bulk reads): the same frames."""
     wire = b"".join(encode_frame(c, s, p if c == PSH else b"") for c, s, p in frames)
     decoder, out, pos = FrameDecoder(), [], 0
     for cut in cuts + [len(wire)]:
-        out += decoder.feed(wire[pos:pos + cut])
+        out += [(c, s, bytes(p)) for c, s, p in decoder.iter_feed(wire[pos:pos + cut], views)]
         pos += cut
     out += decoder.feed(wire[pos:])
     assert out == [(c, s, p if c == PSH else b"") for c, s, p in frames]
     assert not decoder.partial
+
+
+def test_views_are_cut_from_the_fed_buffer_and_a_finished_tail_has_its_own():
+    """No copy for a frame inside the fed bytes; a frame finished from an earlier feed's tail
+    gets a buffer of its own, so the fed buffer can be reused at once for that one."""
+    first, second = os.urandom(1000), os.urandom(3000)
+    wire = encode_frame(PSH, 3, first) + encode_frame(PSH, 5, second)
+    decoder = FrameDecoder()
+    buf = bytearray(wire[:1500])
+    (_, sid, payload), = decoder.iter_feed(buf, True)
+    assert sid == 3 and payload.obj is buf and bytes(payload) == first
+    rest = bytearray(wire[1500:])
+    (_, sid, payload), = decoder.iter_feed(rest, True)
+    rest[:] = bytes(len(rest))  # the caller reuses its buffer
+    assert sid == 5 and bytes(payload) == second and not decoder.partial
 
 
 def reference_decode(data: bytes):
@@ -360,3 +377,40 @@ def test_recv_views_hands_over_the_queued_payload_and_frees_its_room(echo_sessio
     while views := stream.recv_views(64 * 1024):
         got += b"".join(views)
     assert got == data and echo_session._buffered == 0
+
+
+def test_bulk_reads_lend_their_buffer_and_get_it_back_when_the_streams_caught_up(echo_session):
+    """Payloads of bulk reads are views of the session's read buffer; once the consumer has
+    everything the buffers go back (an idle session pins none), and the bytes are exact."""
+    data = os.urandom(6 * 1024 * 1024)
+    stream = echo_session.open_stream()
+    lent_seen = []
+    writer = gevent.spawn(lambda: (stream.sendall(data), stream.shutdown_write()))
+    got = bytearray()
+    while views := stream.recv_views(256 * 1024):
+        lent_seen.append(len(echo_session.lent))
+        got += b"".join(views)
+        del views
+    writer.get(timeout=30)
+    assert bytes(got) == data
+    assert max(lent_seen) > 0  # the reader did lend (else this test proves nothing)
+    stream.wait_readable()  # at EOF: returns at once, and settles on the way
+    gevent.sleep(0.05)
+    assert len(echo_session.lent) <= 1
+    echo_session.close()
+    assert len(echo_session.lent) == 0
+
+
+def test_a_stream_that_reads_late_gets_its_bytes_intact(echo_session):
+    """Two streams share the session's read buffers: one is drained at once, the other only
+    after megabytes went by. A buffer still viewed by the late stream must never be reused
+    (reused memory would show as different bytes); past LEND_MAX the reader copies."""
+    a, b = echo_session.open_stream(), echo_session.open_stream()
+    early, late = os.urandom(12 * 1024 * 1024), os.urandom(256 * 1024)
+    a.sendall(early)
+    a.shutdown_write()
+    b.sendall(late)
+    b.shutdown_write()
+    got_a = read_all(a)  # b's echo arrives interleaved and waits unread meanwhile
+    assert got_a == early
+    assert read_all(b) == late
