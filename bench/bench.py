@@ -251,25 +251,59 @@ def start_paths(procs: Procs, impls: list[Impl], transports, target: int) -> dic
 
 
 def interleaved(args, procs: Procs, impls: list[Impl], transports, target: int, section: str,
-                unit: str, measure) -> dict:
+                unit: str, measure) -> tuple[dict, dict]:
     """Start every path to ``target``, then ``args.rounds`` rounds of ``measure(port)`` over
-    all of them (and over ``target`` itself, as ("direct", "raw")); {path: [values]}."""
+    all of them (and over ``target`` itself, as ("direct", "raw")); ({path: [values]},
+    {path: [CPU seconds the path's relay processes used during each measurement]})."""
     paths = start_paths(procs, impls, transports, target)
     paths[("direct", "raw")] = (target, [])
     results: dict = {key: [] for key in paths}
+    cpu: dict = {key: [] for key in paths}
     try:
         for rnd in range(args.rounds):
-            for key, (port, _) in paths.items():
+            for key, (port, ps) in paths.items():
+                before = cpu_seconds(ps)
                 try:
                     value = measure(port)
                 except Exception as exc:  # one failed run is reported, not fatal
                     note(f"{section} round {rnd + 1} {key}: failed: {exc}")
                     continue
                 results[key].append(value)
+                cpu[key].append(cpu_seconds(ps) - before)
                 note(f"{section} round {rnd + 1} {key[0]} {key[1]}: {value:.2f} {unit}")
     finally:
         procs.stop([p for _, ps in paths.values() for p in ps])
-    return results
+    return results, cpu
+
+
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants (``--workers N``: the supervisor and its workers)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return [pid] + [child.pid for child in proc.children(recursive=True)]
+
+
+def cpu_seconds(procs: list) -> float:
+    """User + system CPU seconds used so far by these processes and their descendants."""
+    import psutil
+
+    total = 0.0
+    for proc in procs:
+        for pid in tree(proc.pid):
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
+
+
+def per_unit(cpu: dict, results: dict, scale) -> dict:
+    """{path: [CPU cost per unit of work]} from each measurement's CPU seconds and result
+    (``scale(result)``: how many units that measurement moved)."""
+    return {key: [c / scale(r) for c, r in zip(cpu[key], results[key]) if scale(r)]
+            for key in cpu if key[0] != "direct"}
 
 
 def table(title: str, unit: str, results: dict, impls: list[Impl], transports, base: str | None,
@@ -330,25 +364,22 @@ def run_rate(args, procs: Procs, impls: list[Impl]) -> None:
     server = procs.start(["haproxy", "-f", str(cfg), "-db"], "http-server")
     wait_port(http_port)
     transports = args.transports or RATE_TRANSPORTS
-    results = interleaved(args, procs, impls, transports, http_port, "rate", "req/s",
-                          lambda port: wrk(port, args.seconds, args.wrk_conns))
+    results, cpu = interleaved(args, procs, impls, transports, http_port, "rate", "req/s",
+                               lambda port: wrk(port, args.seconds, args.wrk_conns))
     procs.stop([server])
     print(f"\nConnection rate: wrk -c {args.wrk_conns} -t 2, one request per connection "
           f"(Connection: close), {args.rounds} interleaved rounds of {args.seconds:g} s, medians; "
           f"direct to the HTTP server: "
           f"{statistics.median(results[('direct', 'raw')] or [0]):.0f} req/s")
     table("Connections per second", "req/s", results, impls, transports, base="go")
+    # what each connection cost the relay's processes (user + system, every node, every
+    # worker): on a machine whose cores are all busy this, not the core count, sets the rate
+    table("Relay CPU per 1,000 connections", "CPU ms", per_unit(
+        cpu, results, lambda rate: rate * args.seconds / 1e6), impls, transports, base="go",
+        fmt="{:.0f}", lower_is_better=True)
 
 
 # -- memory per held connection --------------------------------------------------------------------
-def tree(pid: int) -> list[int]:
-    """The process and all its descendants (``--workers N``: the supervisor and its workers)."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    return [pid] + [child.pid for child in proc.children(recursive=True)]
-
-
 def rss_kib(pid: int) -> int:
     """Resident KiB of the process and its descendants."""
     total = 0
@@ -471,13 +502,18 @@ def run_throughput(args, procs: Procs, impls: list[Impl]) -> None:
     server = procs.start(["iperf3", "-s", "-B", LO, "-p", str(iperf_port)], "iperf3-server")
     wait_port(iperf_port)
     transports = args.transports or TRANSPORTS
-    results = interleaved(args, procs, impls, transports, iperf_port, "throughput", "Gbit/s",
-                          lambda port: iperf(port, args.seconds, args.streams))
+    results, cpu = interleaved(args, procs, impls, transports, iperf_port, "throughput",
+                               "Gbit/s", lambda port: iperf(port, args.seconds, args.streams))
     procs.stop([server])
     print(f"\nThroughput: iperf3 -P {args.streams}, {args.rounds} interleaved rounds of "
           f"{args.seconds:g} s, medians; direct: "
           f"{statistics.median(results[('direct', 'raw')] or [0]):.2f} Gbit/s")
     table("Gbit/s", "Gbit/s", results, impls, transports, base="go", fmt="{:.2f}")
+    # the cost per byte behind the rate: with iperf3 and both nodes on two cores, the machine
+    # is CPU-bound, so the path that spends less CPU per gigabyte moves more of them
+    table("Relay CPU per GB moved (every node of the path)", "CPU s", per_unit(
+        cpu, results, lambda gbit: gbit * args.seconds / 8), impls, transports, base="go",
+        fmt="{:.2f}", lower_is_better=True)
 
 
 SECTIONS = {"rate": run_rate, "memory": run_memory, "throughput": run_throughput}
