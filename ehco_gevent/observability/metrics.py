@@ -62,6 +62,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .dial_histograms import DialHistograms
 from .hostmetrics import HostCollector
 
 log = logging.getLogger("ehco.metrics")
@@ -251,12 +252,11 @@ class Metrics:
         self.app = app
         self.alive = 0
         self.registry = CollectorRegistry(auto_describe=False)
-        self.handshake = Histogram("ehco_traffic_handshake_duration",
-                                   "dial (handshake) time to the remote in milliseconds",
-                                   ["remote"], buckets=GO_DEFAULT_BUCKETS, registry=None)
-        self.handshake_seconds = Histogram(
-            "ehco_gevent_handshake_duration_seconds", "dial (handshake) time to the remote",
-            ["remote"], buckets=HANDSHAKE_BUCKETS_SECONDS, registry=None)
+        self.handshake = DialHistograms([
+            ("ehco_traffic_handshake_duration",
+             "dial (handshake) time to the remote in milliseconds", GO_DEFAULT_BUCKETS, 1),
+            ("ehco_gevent_handshake_duration_seconds", "dial (handshake) time to the remote",
+             HANDSHAKE_BUCKETS_SECONDS, 1000)])
         # observed by the ping service (observability/ping.py), when ping is on
         self.ping_duration = Histogram("ehco_ping_response_duration_seconds",
                                        "A histogram of latencies for ping responses.",
@@ -265,7 +265,7 @@ class Metrics:
         self.ping_requests = Counter("ehco_ping_requests_total", "Number of ping requests sent",
                                      ["ip", "host", "label"], registry=None)
         for collector in (TrafficCollector(self), ProxyUserCollector(app), self.handshake,
-                          self.handshake_seconds, self.ping_duration, self.ping_requests,
+                          self.ping_duration, self.ping_requests,
                           HostCollector(),
                           ProcessCollector(registry=None), PlatformCollector(registry=None),
                           GCCollector(registry=CollectorRegistry())):
@@ -278,8 +278,7 @@ class Metrics:
 
     def _on_open(self, conn: Any) -> None:
         if conn.conn_type == "tcp":  # UDP has no dial, and ehco observed none for it
-            self.handshake.labels(conn.remote_label).observe(conn.dial_ms)
-            self.handshake_seconds.labels(conn.remote_label).observe(conn.dial_ms / 1000)
+            self.handshake.observe(conn.remote_label, conn.dial_ms)
 
     def render(self) -> bytes:
         body = generate_latest(self.registry)
