@@ -31,6 +31,7 @@ from gevent.event import Event
 from gevent.hub import get_hub
 from gevent.monkey import get_original
 
+from .guards.fairness import yield_turn
 from .transports.streams import buffers
 
 # The plain close: gevent's monkey-patched os.close defers closing to the loop's next
@@ -133,7 +134,7 @@ def _spend(budget: int, n: int) -> int:
     source keeps having data, so let the other greenlets run, then start a new budget."""
     budget -= n
     if budget <= 0:
-        gevent.sleep(0)
+        yield_turn()
         return FAIR_SHARE
     return budget
 

@@ -62,6 +62,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from ..guards.fairness import yield_turn
 from .dial_histograms import DialHistograms
 from .hostmetrics import HostCollector
 
@@ -117,6 +118,10 @@ class ConstLabels:
         self.labels = labels
 
     def collect(self) -> Iterator[Metric]:
+        # a scrape is the registry's collectors one after another in the web server's
+        # greenlet: each starts with a turn for the rest of the hub, so the relays wait for at
+        # most one collector's work, not for the whole page
+        yield_turn()
         for family in self.inner.collect():
             const = self.labels if family.name.startswith(HOSTNAME_PREFIX) else {}
             bounds = family.type in ("histogram", "summary")
@@ -146,12 +151,24 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+#: objects looked at between two turns for the rest of the hub while counting greenlets
+WALK_SLICE = 20_000
+
+
 def count_live_greenlets() -> int:
     """Greenlets that have not finished. Found by walking the GC's objects, which costs a few
-    milliseconds per 100k objects: fine once per scrape, not for a hot path."""
-    frozen = sum(1 for ref in _frozen_greenlets if (g := ref()) is not None and not g.dead)
-    return frozen + sum(1 for obj in gc.get_objects()
+    milliseconds per 100k objects: fine once per scrape, not for a hot path, and done a
+    generation and a slice at a time with a turn for the hub in between (the heap grows with
+    the connections held; walked in one go it would stall every relay for the whole walk)."""
+    live = sum(1 for ref in _frozen_greenlets if (g := ref()) is not None and not g.dead)
+    for generation in range(3):
+        objects = gc.get_objects(generation)
+        for start in range(0, len(objects), WALK_SLICE):
+            live += sum(1 for obj in objects[start:start + WALK_SLICE]
                         if isinstance(obj, greenlet.greenlet) and not obj.dead)
+            yield_turn()
+        del objects
+    return live
 
 
 def resident_memory_bytes() -> float:

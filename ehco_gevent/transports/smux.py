@@ -242,11 +242,11 @@ class SmuxStream:
 
     def wait_readable(self) -> None:
         while not self._chunks:
-            if self.remote_fin or self.closed or self.session.closed:
-                return
             lent = self.session.lent
             if lent:  # the consumer caught up: read buffers it was using may be free now
                 lent.settle()
+            if self.remote_fin or self.closed or self.session.closed:
+                return
             self._readable.clear()
             self._readable.wait()
 
@@ -516,6 +516,8 @@ class Session:
         stream._chunks.clear()
         if unread:
             self._consumed(unread)
+        if self.lent:
+            self.lent.settle()  # the views it still held are gone
 
     # -- closing -------------------------------------------------------------------------------
     def close(self) -> None:

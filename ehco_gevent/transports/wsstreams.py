@@ -24,13 +24,12 @@ from __future__ import annotations
 import logging
 import ssl as _stdssl
 
-import gevent
 from gevent import ssl
 
 from . import websocket as wsproto
 from ..guards import limits
 from ..guards import penalty
-from ..guards.fairness import Budget
+from ..guards.fairness import Budget, yield_turn
 from .peer_limits import EmptyFrameBudget, OverBudget
 from .streams import buffers, send_all, wait_socket_readable
 
@@ -79,7 +78,7 @@ class TLSStream:
                 stream._flush()
                 rounds += 1
                 if rounds > 1:
-                    gevent.sleep(0)  # a peer feeding the handshake without pause waits its turn
+                    yield_turn()  # a peer feeding the handshake without pause waits its turn
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionError("closed during the TLS handshake")
@@ -146,7 +145,7 @@ class TLSStream:
                 if rounds > 1:
                     # a full socket read gave no application data (records that carry
                     # nothing, or a record bigger than a read): let the others run
-                    gevent.sleep(0)
+                    yield_turn()
                 if not self._receive():
                     return 0  # EOF without close_notify: treat as the end all the same
             except _ZERO:

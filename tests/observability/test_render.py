@@ -10,7 +10,8 @@ from gevent import socket
 
 from ehco_gevent.config import parse_config
 from ehco_gevent.connections import ConnectionRegistry
-from ehco_gevent.observability.metrics import (CONST_LABELS, HOSTNAME, MetricsService, go_float,
+from ehco_gevent.observability.metrics import (CONST_LABELS, HOSTNAME, ConstLabels,
+                                              MetricsService, go_float,
                                               metric_names, metrics_for, parse_samples,
                                               render_metrics)
 from ehco_gevent.relay import Relay
@@ -245,3 +246,22 @@ def test_metrics_response_gzips_only_when_asked():
         body, headers = metrics_response(app, refused)
         assert "Content-Encoding" not in headers and body.startswith(b"# HELP"), refused
     assert headers["Vary"] == "Accept-Encoding"
+
+
+def test_each_collector_of_a_scrape_starts_after_a_turn_for_ready_connections():
+    """A scrape is several milliseconds of work in the web server's greenlet; the relays get a
+    turn (with I/O polled) before each collector, not only after the whole page."""
+    from ..guards.test_fairness import parked_reader
+
+    class Probe:
+        def collect(self):
+            saw.append(list(seen))
+            return iter(())
+
+    reader, seen, socks = parked_reader()
+    saw = []
+    list(ConstLabels(Probe(), CONST_LABELS).collect())
+    assert saw == [[b"ready"]]  # the ready socket was read before the collector ran
+    reader.join()
+    for sock in socks:
+        sock.close()

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 from prometheus_client.core import Metric
 
+from ...guards.fairness import yield_turn
 from . import cpu, disk, memory, netqueues, network, system
 from .source import HostPaths, gauge
 
@@ -74,6 +75,7 @@ class HostCollector:
             durations.append(([name], time.perf_counter() - started))
             successes.append(([name], ok))
             yield from families
+            yield_turn()  # one source's reading at a time: the relays get a turn between
         yield gauge("node_scrape_collector_duration_seconds",
                     "node_exporter: Duration of a collector scrape.", durations,
                     labels=["collector"])
