@@ -12,6 +12,7 @@ re-reads once per interval, which is the "at most once per reload_interval" of e
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import resource
 import signal
@@ -189,7 +190,7 @@ class App:
         cfg = self.load()
         logs.setup(cfg.log_level)
         limits.set_current(cfg.limits)
-        raise_fd_limit()
+        tune_process()
         log.info("Start ehco-gevent with version: %s", VERSION)
         workers = worker_count(cfg.workers)
         if workers > 1:  # relays in worker processes; this one supervises (workers/)
@@ -233,6 +234,40 @@ class App:
             except Exception:
                 log.exception("error while stopping %r", service)
         self.relays.stop_all(drop=True)
+
+
+def tune_process() -> None:
+    """What every ehco process sets for itself at start (one process, the supervisor, each
+    worker)."""
+    raise_fd_limit()
+    keep_large_buffers_in_heap()
+
+
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: allocations up to this size come from the heap, never from an mmap of their own
+LARGE_FROM_HEAP = 4 << 20
+#: free memory at the top of the heap kept for the next allocations before any goes back
+HEAP_KEEP = 16 << 20
+
+
+def keep_large_buffers_in_heap() -> None:
+    """Tell glibc's malloc to serve large temporaries (a TLS record batch, a joined frame: 64
+    KiB to 1 MiB, made and freed thousands of times a second on a tunnel) from its heap and to
+    keep up to HEAP_KEEP of free heap, instead of mapping and unmapping them. With glibc's
+    adaptive defaults every such buffer could be a fresh mapping: a page fault for each 4 KiB
+    written and the kernel zeroing it. Profiled on an mwss client node, page faults were 13 %
+    of its CPU and its system time per GB doubled in some runs (tunables fixed it, see
+    docs/performance.md). Elsewhere than glibc this does nothing."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        ok = mallopt(_M_MMAP_THRESHOLD, LARGE_FROM_HEAP) and mallopt(_M_TRIM_THRESHOLD,
+                                                                     HEAP_KEEP)
+    except (OSError, AttributeError) as exc:
+        log.debug("malloc tuning: not available here (%s)", exc)
+        return
+    log.debug("malloc tuning: %s", "large buffers from the heap" if ok else "refused")
 
 
 def raise_fd_limit() -> None:

@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logs.setup(args.log_level, tag=f"[worker {args.slot}] ")
-    from ..app import raise_fd_limit
+    from ..app import tune_process
 
-    raise_fd_limit()
+    tune_process()
     addresses.reuse_port = True
     worker = Worker(args.slot, args.id_start, args.id_step)
     sock = socket.socket(fileno=args.fd)
