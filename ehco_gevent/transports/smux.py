@@ -100,6 +100,20 @@ def encode_data(sid: int, data) -> bytes:
     return b"".join(data_frames(sid, view))
 
 
+_COMMANDS = frozenset((SYN, FIN, PSH, NOP))
+
+
+def _header(buf, pos: int = 0) -> tuple[int, int, int]:
+    """``(cmd, length, sid)`` of the header at ``pos``; SmuxError for a version or command Go's
+    reader would refuse."""
+    version, cmd, length, sid = HEADER.unpack_from(buf, pos)
+    if version != VERSION:
+        raise SmuxError(f"unknown smux version {version}")
+    if cmd not in _COMMANDS:
+        raise SmuxError(f"unknown smux command {cmd}")
+    return cmd, length, sid
+
+
 class FrameDecoder:
     """Bytes in, ``(cmd, sid, payload)`` frames out; raises SmuxError on a bad header.
 
@@ -134,22 +148,17 @@ class FrameDecoder:
         try:
             if self._buf:
                 pos = yield from self._complete(src, views)
-            unpack = HEADER.unpack_from
             while end - pos >= HEADER_SIZE:
-                version, cmd, length, sid = unpack(src, pos)
-                if version != VERSION:
-                    raise SmuxError(f"unknown smux version {version}")
+                cmd, length, sid = _header(src, pos)
                 if cmd == PSH:
                     if end - pos - HEADER_SIZE < length:
                         break
                     start = pos + HEADER_SIZE
                     pos = start + length
                     yield cmd, sid, src[start:pos] if views else bytes(src[start:pos])
-                elif cmd in (SYN, FIN, NOP):
+                else:  # SYN, FIN, NOP: no payload, whatever their length says
                     pos += HEADER_SIZE
                     yield cmd, sid, b""
-                else:
-                    raise SmuxError(f"unknown smux command {cmd}")
             if pos < end:
                 self._buf += src[pos:end]
                 pos = end
@@ -166,11 +175,7 @@ class FrameDecoder:
             buf += src[:pos]
             if len(buf) < HEADER_SIZE:
                 return pos
-        version, cmd, length, sid = HEADER.unpack_from(buf)
-        if version != VERSION:
-            raise SmuxError(f"unknown smux version {version}")
-        if cmd not in (SYN, FIN, PSH, NOP):
-            raise SmuxError(f"unknown smux command {cmd}")
+        cmd, length, sid = _header(buf)
         if cmd == PSH:
             take = min(HEADER_SIZE + length - len(buf), len(src) - pos)
             buf += src[pos:pos + take]
