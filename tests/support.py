@@ -36,11 +36,22 @@ def require_program(name: str, package: str) -> str:
     pytest.skip(message)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port that was free a moment ago (bound to 0 and read back, then released)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago (bound to 0 and read back, then released), and never
+    handed out before in this test run: the kernel may give a just-released port to the next
+    bind to 0, so a test asking for two ports (a relay's and the web server's) could get one
+    port twice and its ehco would fail with "address already in use"."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 1000 tries")
 
 
 def free_tcp_udp_port() -> int:
