@@ -14,6 +14,12 @@ from .config import split_host_port
 #: other workers through SO_REUSEPORT, and the kernel spreads connections over them
 reuse_port = False
 
+#: set in a relay worker: UDP sockets the supervisor bound for this worker, by listen address.
+#: The supervisor keeps its own copy of each, so the kernel's SO_REUSEPORT group of a UDP port
+#: never changes while its relay runs: a client's datagrams keep reaching the same worker (and
+#: session) when another worker dies and is restarted. :func:`bind_socket` hands them out.
+held_udp: dict[str, socket.socket] = {}
+
 
 class ListenError(Exception):
     """A listen address that cannot be bound; the message names the relay and the address."""
@@ -26,8 +32,13 @@ def format_addr(addr) -> str:
     return str(addr)
 
 
-def bind_socket(listen: str, kind: int, what: str, backlog: int = 1024) -> socket.socket:
-    """Bind ``host:port`` (empty host = every address, as Go) for TCP or UDP."""
+def bind_socket(listen: str, kind: int, what: str, backlog: int = 1024,
+                share: bool | None = None) -> socket.socket:
+    """Bind ``host:port`` (empty host = every address, as Go) for TCP or UDP; ``share`` sets
+    SO_REUSEPORT (default: :data:`reuse_port`). A UDP socket held for this worker is taken
+    instead of binding."""
+    if kind == _stdsocket.SOCK_DGRAM and listen in held_udp:
+        return held_udp.pop(listen)
     host, port = split_host_port(listen)
     try:
         infos = socket.getaddrinfo(host or None, port, _stdsocket.AF_UNSPEC, kind, 0,
@@ -41,7 +52,7 @@ def bind_socket(listen: str, kind: int, what: str, backlog: int = 1024) -> socke
     try:
         if kind == _stdsocket.SOCK_STREAM:
             sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
-        if reuse_port:
+        if reuse_port if share is None else share:
             sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         if kind == _stdsocket.SOCK_STREAM:

@@ -12,14 +12,23 @@ supervisor can raise the same kind of error: a ListenError exits 1, a ConfigErro
 :func:`encode` and :class:`Decoder` are the whole wire format, tested without sockets;
 :class:`Peer` is the I/O: calls matched to replies by id (several greenlets may wait at once),
 and requests from the other end served by a handler table, one at a time, in arrival order.
+
+A request may carry open file descriptors (the supervisor hands a worker the UDP sockets it
+holds for it): they travel as SCM_RIGHTS beside the message's bytes, the message says how many,
+and the receiving end hands them, in order, to the handler as ``fds``. The kernel delivers
+descriptors with the bytes they were sent with, so by the time a message is whole its
+descriptors have arrived, and a first-in, first-out queue matches them up.
 """
 
 from __future__ import annotations
 
+import array
 import itertools
 import logging
 import pickle
+import socket as _stdsocket
 import struct
+from collections import deque
 from typing import Any, Callable
 
 import gevent
@@ -32,6 +41,10 @@ HEADER = struct.Struct("!I")
 #: a bound on one message (a page of 100k connection records is ~20 MiB)
 MAX_MESSAGE = 256 << 20
 READ_SIZE = 1 << 16
+#: descriptors per sendmsg (the kernel's SCM_MAX_FD); a message with more sends its bytes in
+#: pieces, one batch of descriptors with each
+FDS_PER_SEND = 253
+_ANCILLARY = _stdsocket.CMSG_SPACE(FDS_PER_SEND * array.array("i").itemsize)
 
 
 class ProtocolError(Exception):
@@ -81,8 +94,22 @@ class Decoder:
         return out
 
 
-def request(rid: int, op: str, args: dict) -> dict:
-    return {"id": rid, "op": op, "args": args}
+def request(rid: int, op: str, args: dict, fds: int = 0) -> dict:
+    msg = {"id": rid, "op": op, "args": args}
+    if fds:
+        msg["fds"] = fds
+    return msg
+
+
+def fd_batches(data: bytes, fds: list[int]) -> list[tuple[bytes, list[int]]]:
+    """``data`` cut into pieces that each carry at most FDS_PER_SEND descriptors (every piece
+    at least one byte: the kernel attaches descriptors to bytes)."""
+    batches = [fds[i:i + FDS_PER_SEND] for i in range(0, len(fds), FDS_PER_SEND)] or [[]]
+    if len(batches) > len(data):
+        raise ValueError(f"{len(fds)} descriptors do not fit one message of {len(data)} bytes")
+    pieces = [data[i:i + 1] for i in range(len(batches) - 1)]
+    pieces.append(data[len(batches) - 1:])
+    return list(zip(pieces, batches))
 
 
 def reply(rid: int, result: Any) -> dict:
@@ -112,18 +139,20 @@ class Peer:
         self._ids = itertools.count(1)
         self._waiting: dict[int, AsyncResult] = {}
         self._send_lock = Semaphore()
+        self._fds: deque[int] = deque()
         self._reader = gevent.spawn(self._read_loop)
 
-    def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+    def call(self, op: str, timeout: float | None = None, *, pass_fds: list[int] = (),
+             **args: Any) -> Any:
         """Send a request and wait for its result; raises RemoteError, ChannelClosed or
-        TimeoutError."""
+        TimeoutError. ``pass_fds`` go with it (duplicated: the caller keeps its own)."""
         if self.closed.is_set():
             raise ChannelClosed(f"{self.name} is closed")
         rid = next(self._ids)
         waiter = AsyncResult()
         self._waiting[rid] = waiter
         try:
-            self._send(request(rid, op, args))
+            self._send(request(rid, op, args, len(pass_fds)), list(pass_fds))
             waiter.wait(timeout)
             if not waiter.ready():
                 raise TimeoutError(f"{self.name}: no answer to {op!r} in {timeout} s")
@@ -134,20 +163,46 @@ class Peer:
             raise result
         return result
 
-    def _send(self, msg: Any) -> None:
+    def _send(self, msg: Any, fds: list[int] = ()) -> None:
         data = encode(msg)
         with self._send_lock:
             try:
-                self.sock.sendall(data)
+                if not fds:
+                    self.sock.sendall(data)
+                    return
+                for piece, batch in fd_batches(data, fds):
+                    rights = [(_stdsocket.SOL_SOCKET, _stdsocket.SCM_RIGHTS,
+                               array.array("i", batch))]
+                    sent = self.sock.sendmsg([piece], rights)
+                    if sent < len(piece):
+                        self.sock.sendall(piece[sent:])
             except OSError as exc:
                 self.close()
                 raise ChannelClosed(f"{self.name}: {exc}") from None
+
+    def _receive(self) -> bytes:
+        """Bytes from the other end; descriptors that came with them join ``_fds``."""
+        data, ancillary, flags, _ = self.sock.recvmsg(READ_SIZE, _ANCILLARY)
+        for level, kind, payload in ancillary:
+            if level == _stdsocket.SOL_SOCKET and kind == _stdsocket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                self._fds.extend(fds)
+        if flags & _stdsocket.MSG_CTRUNC:
+            raise ProtocolError("descriptors were cut off in transit")
+        return data
+
+    def _take_fds(self, count: int) -> list[int]:
+        if not isinstance(count, int) or count < 0 or count > len(self._fds):
+            raise ProtocolError(f"a message says {count!r} descriptors came with it; "
+                                f"{len(self._fds)} did")
+        return [self._fds.popleft() for _ in range(count)]
 
     def _read_loop(self) -> None:
         decoder = Decoder()
         try:
             while True:
-                data = self.sock.recv(READ_SIZE)
+                data = self._receive()
                 if not data:
                     break
                 for msg in decoder.feed(data):
@@ -167,11 +222,15 @@ class Peer:
             if waiter is not None:
                 waiter.set(outcome(msg))
             return
+        fds = self._take_fds(msg.get("fds", 0))
         handler = self.handlers.get(msg["op"])
         try:
             if handler is None:
+                for fd in fds:
+                    _stdsocket.close(fd)
                 raise ProtocolError(f"unknown operation {msg['op']!r}")
-            answer = reply(msg["id"], handler(**msg.get("args", {})))
+            args = msg.get("args", {})
+            answer = reply(msg["id"], handler(**args, fds=fds) if fds else handler(**args))
         except Exception as exc:  # the handler's error goes back to the caller
             answer = failure(msg["id"], exc)
         try:
@@ -187,6 +246,11 @@ class Peer:
             self.sock.close()
         except OSError:
             pass
+        while self._fds:  # came with a message that never became whole
+            try:
+                _stdsocket.close(self._fds.popleft())
+            except OSError:
+                pass
         for waiter in list(self._waiting.values()):
             waiter.set(ChannelClosed(f"{self.name} closed"))
         if self._reader is not gevent.getcurrent():

@@ -21,6 +21,14 @@ traffic it carried after that snapshot, at most :data:`POLL_INTERVAL` seconds of
 with it). Dial times reach the supervisor's ``open_listeners`` (the handshake histograms)
 with the next snapshot.
 
+UDP listeners are bound here, one per worker (SO_REUSEPORT), before any worker starts, and
+handed to the workers over their channels; the supervisor keeps its copies while the relay
+runs. The kernel picks a UDP port's socket by hashing the client's address over the sockets
+bound to the port, so that set must not change while sessions live: a worker binding late at
+start-up, or one dying and its successor binding anew, would move other workers' clients to
+new sessions. A dead worker's socket stays bound (its datagrams wait in the socket for its
+successor, which is handed the same socket).
+
 Connection ids are unique across the node: with N workers, worker S numbers its connections
 S, S + (N+1), S + 2(N+1)... and the supervisor's own are multiples of N+1; a restarted worker
 starts far above its predecessor, so an id is never reused.
@@ -42,7 +50,7 @@ from gevent import socket, subprocess
 from gevent.lock import Semaphore
 
 from ..guards import limits as node_limits
-from ..addresses import ListenError
+from ..addresses import ListenError, bind_socket
 from ..config import ConfigError, RelayConfig
 from ..connections import Connection, ConnectionRegistry
 from ..server import Applied, plan
@@ -112,19 +120,26 @@ class WorkerHandle:
         return self.peer.call(op, timeout, **args)
 
 
+def answer(handle: WorkerHandle, op: str, timeout: float,
+           **args: Any) -> tuple[Any, Exception | None]:
+    """(result, None), or (None, the error): a dead or stuck worker is an answer too."""
+    try:
+        return handle.call(op, timeout, **args), None
+    except Exception as exc:
+        return None, exc
+
+
+def each(handles: list[WorkerHandle], ask) -> list[tuple[Any, Exception | None]]:
+    """``ask(handle)`` for every worker at once, in the handles' order."""
+    jobs = [gevent.spawn(ask, handle) for handle in handles]
+    gevent.joinall(jobs)
+    return [job.value for job in jobs]
+
+
 def call_all(handles: list[WorkerHandle], op: str, timeout: float,
              **args: Any) -> list[tuple[Any, Exception | None]]:
     """``op`` on every worker at once; (result, None) or (None, the error) for each."""
-
-    def one(handle: WorkerHandle) -> tuple[Any, Exception | None]:
-        try:
-            return handle.call(op, timeout, **args), None
-        except Exception as exc:  # a dead or stuck worker is an answer too
-            return None, exc
-
-    jobs = [gevent.spawn(one, handle) for handle in handles]
-    gevent.joinall(jobs)
-    return [job.value for job in jobs]
+    return each(handles, lambda handle: answer(handle, op, timeout, **args))
 
 
 class WorkerPool:
@@ -148,6 +163,8 @@ class WorkerPool:
         self._refreshed_at = 0.0
         self._poller: gevent.Greenlet | None = None
         self._tls: tuple[str, str] | None = None
+        #: UDP listen address -> the socket of each worker slot (index slot - 1)
+        self.udp_held: dict[str, list[socket.socket]] = {}
 
     # -- RelayServer's interface ---------------------------------------------------------------
     def configs(self) -> dict[str, RelayConfig]:
@@ -158,11 +175,17 @@ class WorkerPool:
         one process would have raised (ListenError, ConfigError, UnsupportedTransport)."""
         self.wanted = list(cfgs)
         tls = self._tls_files(self.wanted)
+        try:
+            self._hold_udp(self.wanted, strict=True)
+        except Exception:
+            self._release_udp(set())
+            raise
         for slot in range(1, self.count + 1):
             self.handles[slot] = self._spawn(slot)
         handles = list(self.handles.values())
-        answers = call_all(handles, "start", START_TIMEOUT, relays=self.wanted, tls=tls,
-                           log_level=self._log_level(), limits=node_limits.current())
+        answers = each(handles, lambda handle: answer(
+            handle, "start", START_TIMEOUT, relays=self.wanted, tls=tls,
+            log_level=self._log_level(), limits=node_limits.current(), **self._udp_for(handle)))
         failed = [exc for _, exc in answers if exc is not None]
         if failed:
             self.stop_all()
@@ -188,9 +211,11 @@ class WorkerPool:
         except ConfigError as exc:  # a bad certificate file must not end the reload
             errors.append(str(exc))
             tls = None
+        self._hold_udp(cfgs)
         live = list(self.handles.values())
-        answers = call_all(live, "apply", APPLY_TIMEOUT, relays=cfgs, tls=tls,
-                           log_level=self._log_level(), limits=node_limits.current(), what=what, timer=timer)
+        answers = each(live, lambda handle: answer(
+            handle, "apply", APPLY_TIMEOUT, relays=cfgs, tls=tls, log_level=self._log_level(),
+            limits=node_limits.current(), what=what, timer=timer, **self._udp_for(handle)))
         running, dones = set(new), []
         for handle, (result, exc) in zip(live, answers):
             if exc is not None:
@@ -202,6 +227,7 @@ class WorkerPool:
         old = self.relays
         self.relays = {label: old[label] if label in keep and label in old
                        else RelayView(cfg, self) for label, cfg in new.items() if label in running}
+        self._release_udp({cfg.listen for cfg in cfgs if cfg.udp_remotes and cfg.label in running})
         return merge_applied(dones), errors
 
     def stop_all(self, drop: bool = False) -> None:
@@ -222,9 +248,44 @@ class WorkerPool:
             handle.peer.close()
         self.handles.clear()
         self.relays.clear()
+        self._release_udp(set())
 
     def stop_restarting(self) -> None:
         self.stopping = True
+
+    # -- UDP listeners held for the workers --------------------------------------------------
+    def _hold_udp(self, cfgs: list[RelayConfig], strict: bool = False) -> None:
+        """Bind one UDP socket per worker for every UDP relay's listen address not yet held.
+        ``strict`` (start-up) raises the ListenError one process would; on a reload a relay
+        that cannot bind here is left to the workers, which report it as one process does."""
+        for cfg in cfgs:
+            if not cfg.udp_remotes or cfg.listen in self.udp_held:
+                continue
+            socks: list[socket.socket] = []
+            try:
+                for _ in range(self.count):
+                    socks.append(bind_socket(cfg.listen, _stdsocket.SOCK_DGRAM,
+                                             f"relay {cfg.label} (udp)", share=True))
+            except ListenError:
+                for sock in socks:
+                    sock.close()
+                if strict:
+                    raise
+                continue
+            self.udp_held[cfg.listen] = socks
+
+    def _release_udp(self, keep: set[str]) -> None:
+        """Close the held sockets of every UDP listen address not in ``keep`` (the workers
+        have closed theirs: the port is free again)."""
+        for listen in [listen for listen in self.udp_held if listen not in keep]:
+            for sock in self.udp_held.pop(listen):
+                sock.close()
+
+    def _udp_for(self, handle: WorkerHandle) -> dict[str, list]:
+        """The arguments that hand a worker the UDP sockets held for its slot."""
+        held = [(listen, socks[handle.slot - 1]) for listen, socks in self.udp_held.items()]
+        return {"udp": [listen for listen, _ in held],
+                "pass_fds": [sock.fileno() for _, sock in held]}
 
     # -- workers ----------------------------------------------------------------------------------
     @staticmethod
@@ -282,10 +343,11 @@ class WorkerPool:
         new = self._spawn(slot)
         self.handles[slot] = new
         new.watcher = gevent.spawn(self._watch, new)
-        try:  # the worker logs what started and what failed
-            new.call("apply", START_TIMEOUT, relays=self.wanted, tls=self._tls,
-                     log_level=self._log_level(), limits=node_limits.current(), what="restarted worker")
-        except Exception as exc:
+        # the worker logs what started and what failed
+        _, exc = answer(new, "apply", START_TIMEOUT, relays=self.wanted, tls=self._tls,
+                        log_level=self._log_level(), limits=node_limits.current(),
+                        what="restarted worker", **self._udp_for(new))
+        if exc is not None:
             log.error("worker %d (pid %d): could not start its relays: %s", slot, new.pid, exc)
 
     # -- reading the workers -------------------------------------------------------------------

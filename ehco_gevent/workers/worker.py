@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import signal
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -86,20 +87,25 @@ class Worker:
             self.tls_files(*tls)
 
     def start(self, relays: list[RelayConfig], tls: tuple[str, str] | None = None,
-              log_level: str = "info", limits: node_limits.Limits | None = None) -> list[str]:
-        """Start-up: every relay binds or the error goes back (and nothing stays bound)."""
-        self._settings(tls, log_level, limits)
-        self.relays.start_all(relays)
+              log_level: str = "info", limits: node_limits.Limits | None = None,
+              udp: list[str] = (), fds: list[int] = ()) -> list[str]:
+        """Start-up: every relay binds or the error goes back (and nothing stays bound).
+        ``udp`` names the listen address of each UDP socket in ``fds`` (the supervisor's)."""
+        with held_udp(udp, fds):
+            self._settings(tls, log_level, limits)
+            self.relays.start_all(relays)
         freeze_startup_objects()
         return sorted(self.relays.relays)
 
     def apply(self, relays: list[RelayConfig], tls: tuple[str, str] | None = None,
               log_level: str = "info", what: str = "reload", timer: bool = False,
-              limits: node_limits.Limits | None = None) -> dict:
+              limits: node_limits.Limits | None = None, udp: list[str] = (),
+              fds: list[int] = ()) -> dict:
         """A reload (or a restarted worker's start): the same diff rules and log line as one
         process; returns what was done, the errors, and the relays running afterwards."""
-        self._settings(tls, log_level, limits)
-        done, errors = self.relays.apply(relays, what, timer=timer)
+        with held_udp(udp, fds):
+            self._settings(tls, log_level, limits)
+            done, errors = self.relays.apply(relays, what, timer=timer)
         return {"done": done, "errors": errors, "running": sorted(self.relays.relays)}
 
     def snapshot(self, process: bool = False) -> dict:
@@ -165,6 +171,21 @@ class Worker:
 
     def shutdown(self) -> None:
         self.relays.stop_all(drop=True)
+
+
+@contextmanager
+def held_udp(listens: list[str], fds: list[int]):
+    """Offer the supervisor's UDP sockets to the relays started inside (:func:`bind_socket
+    <ehco_gevent.addresses.bind_socket>` takes them); close the ones no relay took (a relay
+    that kept running has its own copy)."""
+    socks = [socket.socket(fileno=fd) for fd in fds]  # owned from here on, whatever happens
+    addresses.held_udp.update(zip(listens, socks))
+    try:
+        yield
+    finally:
+        for sock in addresses.held_udp.values():
+            sock.close()
+        addresses.held_udp.clear()
 
 
 def main(argv: list[str] | None = None) -> int:

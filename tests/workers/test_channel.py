@@ -85,3 +85,48 @@ def test_no_answer_in_time_is_a_timeout_error():
         client.call("hang", 0.1)
     client.close()
     server.close()
+
+
+def test_descriptors_travel_with_their_request_past_the_kernels_batch_limit():
+    """A UDP socket handed over works on the other end (it is the same socket), and 300
+    descriptors in one request (over the 253 one sendmsg may carry) arrive, in order, with
+    the request that sent them; calls without any keep working around it."""
+    held = socket.socket(_stdsocket.AF_INET, _stdsocket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", 0))
+    pipes = [os.pipe() for _ in range(150)]
+    got = {}
+
+    def take(tag, fds):
+        got[tag] = fds
+        return len(fds)
+
+    client, server = pair({"take": take, "plain": lambda: "ok"})
+    try:
+        assert client.call("take", 5, tag="udp", pass_fds=[held.fileno()]) == 1
+        assert client.call("plain", 5) == "ok"
+        many = [fd for r, w in pipes for fd in (r, w)]
+        assert client.call("take", 5, tag="many", pass_fds=many) == 300
+        taken = socket.socket(fileno=got["udp"][0])
+        with _stdsocket.socket(_stdsocket.AF_INET, _stdsocket.SOCK_DGRAM) as sender:
+            sender.sendto(b"to the held socket", held.getsockname())
+        taken.settimeout(5)
+        assert taken.recvfrom(100)[0] == b"to the held socket"
+        taken.close()
+        # each descriptor names the pipe end it was sent for: same inode, same direction
+        for sent, received in zip(many, got["many"]):
+            assert os.fstat(sent).st_ino == os.fstat(received).st_ino
+        for r, w in pipes:
+            os.write(w, b"x")
+        r_copy, w_copy = got["many"][0], got["many"][1]
+        assert os.read(r_copy, 1) == b"x"
+        os.write(w_copy, b"y")
+        assert os.read(pipes[0][0], 2) == b"y"  # the other x was read through the copy
+        for fd in got["many"]:
+            os.close(fd)
+    finally:
+        client.close()
+        server.close()
+        held.close()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 
 import psutil
@@ -18,7 +19,8 @@ import requests
 
 from ehco_gevent.observability.metrics import parse_samples
 
-from ..support import (LOOPBACK, free_port, parallel_roundtrips, roundtrip, wait_port,
+from ..support import (LOOPBACK, free_port, free_tcp_udp_port, parallel_roundtrips, roundtrip,
+                       wait_port,
                        write_config)
 
 WORKERS = 2
@@ -224,6 +226,106 @@ def test_a_killed_worker_is_restarted_and_nothing_else_moves(node):
         assert not psutil.pid_exists(pid), f"worker pid {pid} left behind"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((LOOPBACK, n.ports["lbl"]), timeout=5)
+
+
+class UpstreamPortEcho:
+    """A UDP server that answers each datagram with the port it came from: the client learns
+    which upstream socket (which relay session) carried it."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                _, addr = self.sock.recvfrom(65535)
+                self.sock.sendto(str(addr[1]).encode(), addr)
+            except OSError:
+                return
+
+
+def test_a_killed_worker_leaves_the_other_workers_udp_sessions_where_they_were(ehco, tmp_path):
+    """The kernel picks a UDP port's socket by hashing the client over the sockets bound to
+    it; the supervisor holds them, so a worker's death and restart moves nobody else's
+    datagrams: the surviving worker's clients keep their sessions (same upstream port)."""
+    upstream = UpstreamPortEcho()
+    port = free_tcp_udp_port()
+    proc = ehco("-c", write_config(tmp_path, {"log_level": "debug", "relay_configs": [{
+        "listen": f"{LOOPBACK}:{port}", "label": "u",
+        "udp_remotes": [f"{LOOPBACK}:{upstream.port}"]}]}), "--workers", WORKERS)
+    listening = "relay u: udp listening on"
+    wait_until(lambda: proc.log.count(listening) == WORKERS, "every worker listening")
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+    try:
+        for c in clients:
+            c.bind((LOOPBACK, 0))
+            c.settimeout(5)
+
+        def sessions() -> dict[socket.socket, int]:  # client -> upstream port of its session
+            out = {}
+            for c in clients:
+                c.sendto(b"which", (LOOPBACK, port))
+                out[c] = int(c.recvfrom(100)[0])
+            return out
+
+        before = sessions()
+        assert sessions() == before  # a session keeps its upstream socket
+        owner = {int(client): int(worker) for worker, client in re.findall(
+            r"\[worker (\d+)\] relay u: udp session 127\.0\.0\.1:(\d+) ->", proc.log)}
+        workers = {c: owner[c.getsockname()[1]] for c in clients}
+        assert set(workers.values()) == {1, 2}, "the kernel put 16 clients on one worker"
+        pid = int(re.search(r"worker 1 started \(pid (\d+)\)", proc.log)[1])
+        os.kill(pid, signal.SIGKILL)
+        proc.wait_log(f"worker 1 (pid {pid}) exited with signal SIGKILL; restarting it")
+        wait_until(lambda: proc.log.count(listening) == WORKERS + 1, "worker 1 listening again")
+        after = sessions()
+        assert {c: after[c] for c in clients if workers[c] == 2} == \
+            {c: before[c] for c in clients if workers[c] == 2}
+    finally:
+        for c in clients:
+            c.close()
+        upstream.sock.close()
+
+
+def test_a_reload_removing_a_udp_relay_frees_its_port_and_keeps_the_other(ehco, tmp_path):
+    """The supervisor's copies of a removed UDP relay's sockets close with the workers'
+    (the port can be bound again without SO_REUSEPORT); the relay that stays still answers."""
+    upstream = UpstreamPortEcho()
+    ports = {"u": free_tcp_udp_port(), "v": free_tcp_udp_port()}
+
+    def write(labels):
+        return write_config(tmp_path, {"relay_configs": [{
+            "listen": f"{LOOPBACK}:{ports[label]}", "label": label,
+            "udp_remotes": [f"{LOOPBACK}:{upstream.port}"]} for label in labels]})
+
+    proc = ehco("-c", write(("u", "v")), "--workers", WORKERS)
+    wait_until(lambda: proc.log.count("udp listening on") == 2 * WORKERS, "every relay listening")
+
+    def answers(label: str) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            c.sendto(b"hi", (LOOPBACK, ports[label]))
+            return c.recvfrom(100)[0].isdigit()
+
+    def bindable(port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                return False
+            return True
+
+    try:
+        assert answers("u") and answers("v") and not bindable(ports["u"])
+        write(("v",))
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: bindable(ports["u"]), "the removed relay's port free again")
+        assert answers("v")
+    finally:
+        upstream.sock.close()
 
 
 def test_workers_exit_when_the_supervisor_is_killed(node):
