@@ -339,14 +339,22 @@ def test_workers_exit_when_the_supervisor_is_killed(node):
         time.sleep(0.05)
 
 
-def test_a_taken_port_stops_the_start_with_status_1(ehco, tmp_path, echo_server):
-    blocker = socket.create_server((LOOPBACK, 0))  # no SO_REUSEPORT: nobody may share it
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_a_taken_port_stops_the_start_with_status_1(ehco, tmp_path, echo_server, kind):
+    """TCP listeners are bound by the workers, UDP ones by the supervisor: either way the
+    start stops with the message one process gives."""
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else
+                            socket.SOCK_DGRAM)  # no SO_REUSEPORT: nobody may share it
+    blocker.bind((LOOPBACK, 0))
     port = blocker.getsockname()[1]
+    if kind == "tcp":
+        blocker.listen()
     cfg = write_config(tmp_path, {"relay_configs": [{
         "listen": f"{LOOPBACK}:{port}", "label": "busy",
-        "tcp_remotes": [f"{LOOPBACK}:{echo_server.port}"]}]})
+        f"{kind}_remotes": [f"{LOOPBACK}:{echo_server.port}"]}]})
     proc = ehco("-c", cfg, "--workers", WORKERS)
     assert proc.proc.wait(30) == 1
-    assert f"relay busy: cannot listen on {LOOPBACK}:{port}: address already in use" in proc.log
+    what = "relay busy" if kind == "tcp" else "relay busy (udp)"
+    assert f"{what}: cannot listen on {LOOPBACK}:{port}: address already in use" in proc.log
     assert "Traceback" not in proc.log
     blocker.close()
